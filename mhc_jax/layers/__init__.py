@@ -1,0 +1,25 @@
+"""Flax NNX modules: residual, HC and mHC connections around any sublayer, plus stream boundaries."""
+
+from mhc_jax.layers.connections import (
+    CONNECTIONS,
+    MHC_INITS,
+    HCStatic,
+    HyperConnection,
+    ManifoldHyperConnection,
+    Residual,
+    make_connection,
+)
+from mhc_jax.layers.streams import StreamHead, expand_streams, reduce_streams
+
+__all__ = [
+    "CONNECTIONS",
+    "MHC_INITS",
+    "HCStatic",
+    "HyperConnection",
+    "ManifoldHyperConnection",
+    "Residual",
+    "StreamHead",
+    "expand_streams",
+    "make_connection",
+    "reduce_streams",
+]

@@ -1,0 +1,165 @@
+"""Flax NNX connection modules: Residual, HyperConnection (HC), ManifoldHyperConnection (mHC).
+
+Each wraps any sublayer ``F`` (its own pre-norm plus its branch, e.g. RMSNorm + attention)
+and applies one residual-stream update. Calls pass extra arguments through to ``F``:
+
+    conn = ManifoldHyperConnection(nnx.Sequential(norm, mlp), num_streams=4, features=C, rngs=rngs)
+    x_BxLxNxC = conn(x_BxLxNxC)            # x' = H_res x + H_post^T F(H_pre x)
+
+Parameters are fp32; the stream state keeps its own dtype (bf16 is fine). With
+``num_streams == 1`` HC and mHC hold no parameters and compute a plain residual,
+``x' = x + F(x)``. Set ``capture_maps=True`` (e.g. ``model.set_attributes(capture_maps=True)``)
+to ``sow`` the per-token ``h_pre``/``h_post``/``h_res`` as ``nnx.Intermediate`` state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mhc_jax import ops
+from mhc_jax.ops import _checks
+
+MHC_INITS = ("paper", "identity")
+
+
+class HCStatic(nnx.Param):
+  """HC's static parts (a_pre, b_post, a_res): trained, but excluded from weight decay."""
+
+
+def _keep_last(_, new):
+  return new
+
+
+class Residual(nnx.Module):
+  """Pre-Norm residual, ``x' = x + F(x)``: the baseline with the same interface."""
+
+  def __init__(self, sublayer: Callable):
+    self.sublayer = sublayer
+
+  def __call__(self, x, *args, **kwargs):
+    return x + self.sublayer(x, *args, **kwargs).astype(x.dtype)
+
+
+class _StreamConnection(nnx.Module):
+  """Shared update for HC and mHC; subclasses provide ``maps(x)``."""
+
+  def __init__(self, sublayer: Callable, num_streams: int, features: int,
+               implementation: str, capture_maps: bool):
+    _checks.check_int("num_streams", num_streams, 1)
+    _checks.check_int("features", features, 1)
+    ops.resolve_implementation(implementation)
+    self.sublayer = sublayer
+    self.num_streams = num_streams
+    self.features = features
+    self.implementation = implementation
+    self.capture_maps = capture_maps
+
+  def maps(self, x_XxNxC):
+    raise NotImplementedError
+
+  def __call__(self, x_XxNxC, *args, **kwargs):
+    n, c = self.num_streams, self.features
+    if x_XxNxC.ndim < 2 or x_XxNxC.shape[-2:] != (n, c):
+      raise ValueError(f"{type(self).__name__} expects x of shape [..., {n}, {c}] "
+                       f"(num_streams, features), got {x_XxNxC.shape}")
+    if n == 1:
+      y = self.sublayer(x_XxNxC[..., 0, :], *args, **kwargs)
+      return x_XxNxC + y[..., None, :].astype(x_XxNxC.dtype)
+    h_pre, h_post, h_res = self.maps(x_XxNxC)
+    if self.capture_maps:
+      for name, value in (("h_pre", h_pre), ("h_post", h_post), ("h_res", h_res)):
+        self.sow(nnx.Intermediate, name, value, reduce_fn=_keep_last)
+    u_XxC = ops.mhc_pre(x_XxNxC, h_pre, implementation=self.implementation)
+    y_XxC = self.sublayer(u_XxC, *args, **kwargs)
+    return ops.mhc_post(x_XxNxC, y_XxC.astype(x_XxNxC.dtype), h_post, h_res,
+                        implementation=self.implementation)
+
+
+class HyperConnection(_StreamConnection):
+  """Hyper-Connections (SPEC section 3): dynamic by default, static with ``dynamic=False``.
+
+  At init (w = 0, a_pre = e_{k mod N}, b_post = 1, a_res = I) it computes exactly what a
+  Pre-Norm residual network computes; the one-hot read is what breaks stream symmetry.
+  """
+
+  def __init__(self, sublayer: Callable, *, num_streams: int, features: int, layer_index=0,
+               dynamic: bool = True, gate_init: float = 0.01, implementation: str = "auto",
+               capture_maps: bool = False, rngs: nnx.Rngs | None = None):
+    del rngs  # HC's init is deterministic; accepted for a uniform constructor.
+    super().__init__(sublayer, num_streams, features, implementation, capture_maps)
+    self.dynamic = dynamic
+    if num_streams == 1:
+      return
+    a_pre, b_post, a_res = ops.hc_static_init(num_streams, layer_index)
+    self.a_pre, self.b_post, self.a_res = HCStatic(a_pre), HCStatic(b_post), HCStatic(a_res)
+    if dynamic:
+      self.w = nnx.Param(jnp.zeros((features, num_streams + 2), jnp.float32))
+      self.s_alpha = nnx.Param(jnp.asarray(gate_init, jnp.float32))
+      self.s_beta = nnx.Param(jnp.asarray(gate_init, jnp.float32))
+
+  def maps(self, x_XxNxC):
+    static = (self.a_pre[...], self.b_post[...], self.a_res[...])
+    if not self.dynamic:
+      return ops.hc_coefficients(x_XxNxC, *static)
+    return ops.hc_coefficients(x_XxNxC, *static, self.w[...], self.s_alpha[...], self.s_beta[...])
+
+
+class ManifoldHyperConnection(_StreamConnection):
+  """mHC (SPEC section 2): H_res doubly stochastic via Sinkhorn, H_pre and H_post non-negative.
+
+  Init presets:
+    * ``"paper"``: bias = 0, alpha = ``alpha_init`` (0.01), phi ~ N(0, 1/(N*C)). Within O(alpha)
+      of a Pre-Norm residual; the random phi breaks the symmetry between the identical
+      streams (with phi = 0 it is exactly a Pre-Norm residual, and stays one).
+    * ``"identity"``: as "paper", plus a diagonal res bias (H_res ~ I) and a one-hot pre bias
+      reading stream ``layer_index mod N`` (``identity_logit`` sets how sharp both are).
+  """
+
+  def __init__(self, sublayer: Callable, *, num_streams: int, features: int, layer_index=0,
+               num_iters: int = 20, sinkhorn_grad: str = "exact", sinkhorn_eps: float = 1e-6,
+               init: str = "paper", alpha_init: float = 0.01, identity_logit: float = 6.0,
+               implementation: str = "auto", capture_maps: bool = False, rngs: nnx.Rngs):
+    super().__init__(sublayer, num_streams, features, implementation, capture_maps)
+    _checks.check_int("num_iters", num_iters, 1)
+    _checks.check_choice("sinkhorn_grad", sinkhorn_grad, ops.GRAD_MODES)
+    _checks.check_choice("init", init, MHC_INITS)
+    self.num_iters = num_iters
+    self.sinkhorn_grad = sinkhorn_grad
+    self.sinkhorn_eps = sinkhorn_eps
+    if num_streams == 1:
+      return
+    n, k = num_streams, ops.num_coefficients(num_streams)
+    std = (n * features) ** -0.5
+    self.phi = nnx.Param(std * jax.random.normal(rngs.params(), (n * features, k), jnp.float32))
+    self.alpha = nnx.Param(jnp.full((3,), alpha_init, jnp.float32))
+    bias = jnp.zeros((k,), jnp.float32)
+    if init == "identity":
+      one_hot = jax.nn.one_hot(jnp.asarray(layer_index) % n, n, dtype=jnp.float32)
+      pre = identity_logit * (2.0 * one_hot - 1.0)
+      res = identity_logit * jnp.eye(n, dtype=jnp.float32).reshape(-1)
+      bias = bias.at[:n].set(pre).at[2 * n:].set(res)
+    self.bias = nnx.Param(bias)
+
+  def maps(self, x_XxNxC):
+    return ops.mhc_coefficients(
+        x_XxNxC, self.phi[...], self.alpha[...], self.bias[...], num_iters=self.num_iters,
+        sinkhorn_eps=self.sinkhorn_eps, sinkhorn_grad=self.sinkhorn_grad,
+        implementation=self.implementation)
+
+
+CONNECTIONS = ("residual", "hc", "mhc")
+
+
+def make_connection(kind: str, sublayer: Callable, *, num_streams: int, features: int,
+                    layer_index=0, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+  """Builds ``"residual"`` | ``"hc"`` | ``"mhc"`` around ``sublayer``; kwargs go to HC or mHC."""
+  _checks.check_choice("connection", kind, CONNECTIONS)
+  if kind == "residual":
+    return Residual(sublayer)
+  cls = HyperConnection if kind == "hc" else ManifoldHyperConnection
+  return cls(sublayer, num_streams=num_streams, features=features, layer_index=layer_index,
+             rngs=rngs, **kwargs)

@@ -1,0 +1,154 @@
+"""Decoder-only transformer LM whose residual stream is a residual, HC or mHC connection.
+
+Blocks are created stacked (one leading layer axis on every parameter) and applied with
+``lax.scan`` (``scan_layers=True``) or an unrolled Python loop over the same parameters;
+both give the same numbers. ``remat=True`` wraps each block in ``jax.checkpoint``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from mhc_jax.layers import StreamHead, expand_streams, make_connection, reduce_streams
+from mhc_jax.models.config import ModelConfig
+
+
+def rope(x_BxLxHxD: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding over the sequence axis (pairs (i, i + D/2))."""
+  _, length, _, d = x_BxLxHxD.shape
+  inv_freq = theta ** (-jnp.arange(0, d // 2, dtype=jnp.float32) / (d // 2))
+  angles_LxD2 = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  sin, cos = jnp.sin(angles_LxD2)[:, None, :], jnp.cos(angles_LxD2)[:, None, :]
+  x1, x2 = jnp.split(x_BxLxHxD.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxLxHxD.dtype)
+
+
+def _dense(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, std: float) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+                    kernel_init=nnx.initializers.normal(std), rngs=rngs)
+
+
+class Attention(nnx.Module):
+  """Pre-normed causal multi-head self-attention with RoPE: ``F(u) = Attn(RMSNorm(u))``."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    c = cfg.d_model
+    self.num_heads, self.rope_theta = cfg.num_heads, cfg.rope_theta
+    self.norm = nnx.RMSNorm(c, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+    self.qkv = _dense(cfg, c, 3 * c, rngs, c ** -0.5)
+    self.out = _dense(cfg, c, c, rngs, (2 * cfg.num_layers * c) ** -0.5)
+
+  def __call__(self, u_BxLxC: jax.Array) -> jax.Array:
+    b, length, c = u_BxLxC.shape
+    h = self.num_heads
+    qkv = self.qkv(self.norm(u_BxLxC)).reshape(b, length, 3, h, c // h)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
+    o_BxLxHxD = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    return self.out(o_BxLxHxD.reshape(b, length, c))
+
+
+class MLP(nnx.Module):
+  """Pre-normed SwiGLU MLP: ``F(u) = W2 (silu(W1 n) * W3 n)`` with ``n = RMSNorm(u)``."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    c, f = cfg.d_model, cfg.hidden_dim
+    self.norm = nnx.RMSNorm(c, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+    self.gate = _dense(cfg, c, f, rngs, c ** -0.5)
+    self.up = _dense(cfg, c, f, rngs, c ** -0.5)
+    self.down = _dense(cfg, f, c, rngs, (2 * cfg.num_layers * f) ** -0.5)
+
+  def __call__(self, u_BxLxC: jax.Array) -> jax.Array:
+    n = self.norm(u_BxLxC)
+    return self.down(jax.nn.silu(self.gate(n)) * self.up(n))
+
+
+class Block(nnx.Module):
+  """One transformer block: attention and MLP sublayers, each inside its own connection."""
+
+  def __init__(self, cfg: ModelConfig, layer_index, rngs: nnx.Rngs):
+    kwargs = {}
+    if cfg.connection == "mhc":
+      kwargs = dict(num_iters=cfg.sinkhorn_iters, sinkhorn_grad=cfg.sinkhorn_grad,
+                    init=cfg.mhc_init, alpha_init=cfg.mhc_alpha_init,
+                    implementation=cfg.implementation)
+    elif cfg.connection == "hc":
+      kwargs = dict(dynamic=cfg.hc_dynamic, implementation=cfg.implementation)
+    common = dict(num_streams=cfg.num_streams, features=cfg.d_model, rngs=rngs, **kwargs)
+    self.attn = make_connection(cfg.connection, Attention(cfg, rngs), layer_index=2 * layer_index,
+                                **common)
+    self.mlp = make_connection(cfg.connection, MLP(cfg, rngs), layer_index=2 * layer_index + 1,
+                               **common)
+
+  def __call__(self, x):
+    return self.mlp(self.attn(x))
+
+
+class TransformerLM(nnx.Module):
+  """Decoder-only LM: ``tokens [B, L] -> logits [B, L, V]`` (fp32).
+
+  The residual state is ``[B, L, C]`` for the residual baseline and ``[B, L, N, C]`` for
+  HC and mHC: the embedding is copied into the N streams, and at the output the streams
+  are summed (``readout="sum"``) or mixed by a learned :class:`StreamHead` before the final
+  norm. When connections have ``capture_maps`` set, a call stores the per-layer maps,
+  stacked over blocks, as ``nnx.Intermediate`` state ``connection_maps`` on this module.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dtype = jnp.dtype(cfg.dtype)
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype,
+                           embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0, 0), out_axes=0)
+    def make_blocks(rngs, layer_index):
+      return Block(cfg, layer_index, rngs)
+
+    self.blocks = make_blocks(rngs, jnp.arange(cfg.num_layers))
+    self.head = StreamHead(cfg.num_streams, cfg.d_model, rngs=rngs) if cfg.readout == "head" else None
+    self.final_norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
+    self.unembed = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
+                              kernel_init=nnx.initializers.normal(cfg.d_model ** -0.5), rngs=rngs)
+
+  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+    if tokens_BxL.ndim != 2 or not jnp.issubdtype(tokens_BxL.dtype, jnp.integer):
+      raise ValueError(f"tokens must be an int array [B, L], got {tokens_BxL.dtype}{list(tokens_BxL.shape)}")
+    return self.logits_from_embeddings(self.embed(tokens_BxL))
+
+  def logits_from_embeddings(self, h_BxLxC: jax.Array) -> jax.Array:
+    """Everything after the embedding lookup (useful for gradients w.r.t. the inputs)."""
+    cfg = self.cfg
+    x = h_BxLxC.astype(jnp.dtype(cfg.dtype))
+    if cfg.connection != "residual":
+      x = expand_streams(x, cfg.num_streams)
+    x = self._apply_blocks(x)
+    if cfg.connection != "residual":
+      x = self.head(x) if self.head is not None else reduce_streams(x)
+    return self.unembed(self.final_norm(x.astype(jnp.float32)))
+
+  def _apply_blocks(self, x):
+    graphdef, state = nnx.split(self.blocks)
+
+    def body(x, block_state):
+      block = nnx.merge(graphdef, block_state)
+      x = block(x)
+      return x, nnx.pop(block, nnx.Intermediate)
+
+    if self.cfg.remat:
+      body = jax.checkpoint(body)
+    if self.cfg.scan_layers:
+      x, maps = lax.scan(body, x, state)
+    else:
+      per_layer = []
+      for i in range(self.cfg.num_layers):
+        x, m = body(x, jax.tree.map(lambda a: a[i], state))
+        per_layer.append(m)
+      maps = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
+    if jax.tree.leaves(maps):
+      self.sow(nnx.Intermediate, "connection_maps", maps, reduce_fn=lambda _, new: new)
+    return x

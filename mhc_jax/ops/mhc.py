@@ -1,0 +1,245 @@
+"""The three mHC ops in the fused, reordered form of SPEC section 2 (paper Eqs. 14-19).
+
+  mhc_coefficients: x -> (H_pre, H_post, H_res)   one GEMM over v = vec(x), RMS after it
+  mhc_pre:          u = sum_i H_pre[i] x_i          the sublayer input
+  mhc_post:         x' = H_res x + H_post^T y       the merged stream update
+
+Every op takes ``implementation=``: ``"xla"`` is the jnp implementation below, ``"auto"``
+picks the fastest one available on the current backend (today always ``"xla"``).
+The math runs in fp32 (fp64 for fp64 inputs) whatever the stream dtype; outputs of
+``mhc_pre`` and ``mhc_post`` are stored in the stream dtype. Each op has a custom VJP that
+saves its inputs in their own dtype (an fp32 upcast of a bf16 stream is never stored).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from mhc_jax.ops import _checks
+from mhc_jax.ops.sinkhorn import sinkhorn_knopp
+
+IMPLEMENTATIONS = ("auto", "xla")
+
+
+def resolve_implementation(implementation: str) -> str:
+  """Maps ``"auto"`` to a concrete implementation and rejects unknown names."""
+  _checks.check_choice("implementation", implementation, IMPLEMENTATIONS)
+  return "xla" if implementation == "auto" else implementation
+
+
+def num_coefficients(n: int) -> int:
+  """K = N*N + 2*N: the columns of phi, ordered [pre (N) | post (N) | res (N*N, row-major)]."""
+  return n * n + 2 * n
+
+
+def _column_scales(alpha_3: jax.Array, n: int) -> jax.Array:
+  """[alpha_pre]*N + [alpha_post]*N + [alpha_res]*N*N as one K vector."""
+  return jnp.concatenate([
+      jnp.broadcast_to(alpha_3[0], (n,)),
+      jnp.broadcast_to(alpha_3[1], (n,)),
+      jnp.broadcast_to(alpha_3[2], (n * n,)),
+  ])
+
+
+# ------------------------------------------------------------------ fused projection
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _mhc_logits(x, phi, alpha, bias, rms_eps):
+  return _mhc_logits_fwd(x, phi, alpha, bias, rms_eps)[0]
+
+
+def _mhc_logits_fwd(x_XxNxC, phi_PxK, alpha_3, bias_K, rms_eps):
+  n, c = x_XxNxC.shape[-2:]
+  cdt = _checks.compute_dtype(x_XxNxC.dtype, phi_PxK.dtype)
+  v_XxP = x_XxNxC.reshape(x_XxNxC.shape[:-2] + (n * c,)).astype(cdt)
+  h_XxK = jnp.dot(v_XxP, phi_PxK.astype(cdt))
+  inv_r_Xx1 = lax.rsqrt(jnp.mean(jnp.square(v_XxP), axis=-1, keepdims=True) + rms_eps)
+  scale_K = _column_scales(alpha_3.astype(cdt), n)
+  logits_XxK = h_XxK * inv_r_Xx1 * scale_K + bias_K.astype(cdt)
+  return logits_XxK, (x_XxNxC, phi_PxK, alpha_3, bias_K, h_XxK, inv_r_Xx1)
+
+
+def _mhc_logits_bwd(rms_eps, res, g_XxK):
+  del rms_eps
+  x_XxNxC, phi_PxK, alpha_3, bias_K, h_XxK, inv_r_Xx1 = res
+  n, c = x_XxNxC.shape[-2:]
+  k = num_coefficients(n)
+  cdt = h_XxK.dtype
+  v_TxP = x_XxNxC.reshape(-1, n * c).astype(cdt)
+  g_TxK = g_XxK.reshape(-1, k).astype(cdt)
+  h_TxK = h_XxK.reshape(-1, k)
+  inv_r_Tx1 = inv_r_Xx1.reshape(-1, 1)
+  scale_K = _column_scales(alpha_3.astype(cdt), n)
+
+  gh_TxK = g_TxK * scale_K * inv_r_Tx1
+  g_scale_K = jnp.sum(g_TxK * h_TxK * inv_r_Tx1, axis=0)
+  g_alpha = jnp.stack([g_scale_K[:n].sum(), g_scale_K[n:2 * n].sum(), g_scale_K[2 * n:].sum()])
+  g_bias = jnp.sum(g_TxK, axis=0)
+  g_phi = jnp.dot(v_TxP.T, gh_TxK)
+  # inv_r = (mean(v^2) + eps)^(-1/2)  =>  d inv_r / dv = -inv_r^3 * v / P.
+  g_inv_r_Tx1 = jnp.sum(g_TxK * h_TxK * scale_K, axis=-1, keepdims=True)
+  g_v_TxP = jnp.dot(gh_TxK, phi_PxK.astype(cdt).T) - g_inv_r_Tx1 * inv_r_Tx1**3 * v_TxP / (n * c)
+  return (
+      g_v_TxP.reshape(x_XxNxC.shape).astype(x_XxNxC.dtype),
+      g_phi.astype(phi_PxK.dtype),
+      g_alpha.astype(alpha_3.dtype),
+      g_bias.astype(bias_K.dtype),
+  )
+
+
+_mhc_logits.defvjp(_mhc_logits_fwd, _mhc_logits_bwd)
+
+
+def mhc_coefficients(
+    x: jax.Array,
+    phi: jax.Array,
+    alpha: jax.Array,
+    bias: jax.Array,
+    *,
+    num_iters: int = 20,
+    sinkhorn_eps: float = 1e-6,
+    sinkhorn_grad: str = "exact",
+    pre_eps: float = 1e-6,
+    post_mult: float = 2.0,
+    rms_eps: float = 1e-6,
+    implementation: str = "auto",
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-token mHC mixing maps from the raw stream state (SPEC section 2).
+
+  Args:
+    x: ``[..., N, C]`` stream state, any float dtype (bf16 in training).
+    phi: ``[N*C, K]`` projection, columns [pre | post | res (row-major)], K = N*N + 2N.
+    alpha: ``[3]`` gates (alpha_pre, alpha_post, alpha_res).
+    bias: ``[K]``.
+    num_iters, sinkhorn_eps, sinkhorn_grad: passed to :func:`sinkhorn_knopp`.
+    pre_eps: added to sigmoid for H_pre (DeepSeek: 1e-6).
+    post_mult: H_post = post_mult * sigmoid (paper and DeepSeek-V4: 2).
+    rms_eps: epsilon of the RMS taken over the flattened N*C vector.
+    implementation: ``"auto"`` | ``"xla"``.
+
+  Returns:
+    ``(h_pre [..., N], h_post [..., N], h_res [..., N, N])`` in fp32 (fp64 for fp64 input).
+  """
+  resolve_implementation(implementation)
+  x, phi, alpha, bias = map(jnp.asarray, (x, phi, alpha, bias))
+  if x.ndim < 2:
+    raise ValueError(f"x must have shape [..., N, C], got {x.shape}")
+  for name, a in (("x", x), ("phi", phi), ("alpha", alpha), ("bias", bias)):
+    _checks.check_float(name, a)
+  n, c = x.shape[-2:]
+  k = num_coefficients(n)
+  _checks.check_shape("phi", phi, (n * c, k), f"[N*C, N*N+2N] for N={n}, C={c}")
+  _checks.check_shape("alpha", alpha, (3,), "(alpha_pre, alpha_post, alpha_res)")
+  _checks.check_shape("bias", bias, (k,), f"[N*N+2N] for N={n}")
+  _checks.check_nonnegative("rms_eps", rms_eps)
+
+  logits = _mhc_logits(x, phi, alpha, bias, float(rms_eps))
+  h_pre = jax.nn.sigmoid(logits[..., :n]) + pre_eps
+  h_post = post_mult * jax.nn.sigmoid(logits[..., n:2 * n])
+  res_logits = logits[..., 2 * n:].reshape(logits.shape[:-1] + (n, n))
+  h_res = sinkhorn_knopp(res_logits, num_iters=num_iters, eps=sinkhorn_eps, grad=sinkhorn_grad)
+  return h_pre, h_post, h_res
+
+
+# ----------------------------------------------------------------------- pre / post
+
+
+@jax.custom_vjp
+def _pre(x_XxNxC, h_pre_XxN):
+  cdt = _checks.compute_dtype(x_XxNxC.dtype, h_pre_XxN.dtype)
+  u = jnp.sum(h_pre_XxN.astype(cdt)[..., None] * x_XxNxC.astype(cdt), axis=-2)
+  return u.astype(x_XxNxC.dtype)
+
+
+def _pre_fwd(x, h_pre):
+  return _pre(x, h_pre), (x, h_pre)
+
+
+def _pre_bwd(res, g_XxC):
+  x_XxNxC, h_pre_XxN = res
+  cdt = _checks.compute_dtype(x_XxNxC.dtype, h_pre_XxN.dtype)
+  g = g_XxC.astype(cdt)[..., None, :]
+  g_x = h_pre_XxN.astype(cdt)[..., None] * g
+  g_h = jnp.sum(x_XxNxC.astype(cdt) * g, axis=-1)
+  return g_x.astype(x_XxNxC.dtype), g_h.astype(h_pre_XxN.dtype)
+
+
+_pre.defvjp(_pre_fwd, _pre_bwd)
+
+
+@jax.custom_vjp
+def _post(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN):
+  cdt = _checks.compute_dtype(x_XxNxC.dtype, h_res_XxNxN.dtype)
+  mixed = jnp.sum(h_res_XxNxN.astype(cdt)[..., None] * x_XxNxC.astype(cdt)[..., None, :, :], axis=-2)
+  out = mixed + h_post_XxN.astype(cdt)[..., None] * y_XxC.astype(cdt)[..., None, :]
+  return out.astype(x_XxNxC.dtype)
+
+
+def _post_fwd(x, y, h_post, h_res):
+  return _post(x, y, h_post, h_res), (x, y, h_post, h_res)
+
+
+def _post_bwd(res, g_XxNxC):
+  x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN = res
+  cdt = _checks.compute_dtype(x_XxNxC.dtype, h_res_XxNxN.dtype)
+  g = g_XxNxC.astype(cdt)
+  xf, yf = x_XxNxC.astype(cdt), y_XxC.astype(cdt)
+  g_x = jnp.sum(h_res_XxNxN.astype(cdt)[..., None] * g[..., :, None, :], axis=-3)
+  g_y = jnp.sum(h_post_XxN.astype(cdt)[..., None] * g, axis=-2)
+  g_h_post = jnp.sum(g * yf[..., None, :], axis=-1)
+  g_h_res = jnp.sum(g[..., :, None, :] * xf[..., None, :, :], axis=-1)
+  return (
+      g_x.astype(x_XxNxC.dtype),
+      g_y.astype(y_XxC.dtype),
+      g_h_post.astype(h_post_XxN.dtype),
+      g_h_res.astype(h_res_XxNxN.dtype),
+  )
+
+
+_post.defvjp(_post_fwd, _post_bwd)
+
+
+def _check_stream(x) -> tuple[int, int]:
+  _checks.check_float("x", x)
+  if x.ndim < 2:
+    raise ValueError(f"x must have shape [..., N, C], got {x.shape}")
+  return x.shape[-2], x.shape[-1]
+
+
+def mhc_pre(x: jax.Array, h_pre: jax.Array, *, implementation: str = "auto") -> jax.Array:
+  """``u = sum_i h_pre[..., i] * x[..., i, :]``: x ``[..., N, C]``, h_pre ``[..., N]`` -> ``[..., C]``."""
+  resolve_implementation(implementation)
+  x, h_pre = jnp.asarray(x), jnp.asarray(h_pre)
+  n, _ = _check_stream(x)
+  _checks.check_float("h_pre", h_pre)
+  _checks.check_shape("h_pre", h_pre, x.shape[:-1], "[..., N] matching x [..., N, C]")
+  return _pre(x, h_pre)
+
+
+def mhc_post(
+    x: jax.Array,
+    y: jax.Array,
+    h_post: jax.Array,
+    h_res: jax.Array,
+    *,
+    implementation: str = "auto",
+) -> jax.Array:
+  """``x' = H_res x + H_post^T y`` in paper layout -> ``[..., N, C]`` in x's dtype.
+
+  x ``[..., N, C]``, y ``[..., C]`` (the sublayer output), h_post ``[..., N]``,
+  h_res ``[..., N, N]`` with ``x'_i = sum_j h_res[i, j] x_j + h_post[i] y``.
+  """
+  resolve_implementation(implementation)
+  x, y, h_post, h_res = map(jnp.asarray, (x, y, h_post, h_res))
+  n, _ = _check_stream(x)
+  for name, a in (("y", y), ("h_post", h_post), ("h_res", h_res)):
+    _checks.check_float(name, a)
+  _checks.check_shape("y", y, x.shape[:-2] + x.shape[-1:], "[..., C] matching x [..., N, C]")
+  _checks.check_shape("h_post", h_post, x.shape[:-1], "[..., N] matching x [..., N, C]")
+  _checks.check_shape("h_res", h_res, x.shape[:-1] + (n,), "[..., N, N] matching x [..., N, C]")
+  return _post(x, y, h_post, h_res)
