@@ -9,7 +9,8 @@ and applies one residual-stream update. Calls pass extra arguments through to ``
 Parameters are fp32; the stream state keeps its own dtype (bf16 is fine). With
 ``num_streams == 1`` HC and mHC hold no parameters and compute a plain residual,
 ``x' = x + F(x)``. Set ``capture_maps=True`` (e.g. ``model.set_attributes(capture_maps=True)``)
-to ``sow`` the per-token ``h_pre``/``h_post``/``h_res`` as ``nnx.Intermediate`` state.
+to keep the per-token ``h_pre``/``h_post``/``h_res`` of the last call as ``nnx.Intermediate``
+state on the module (read them with ``nnx.pop(module, nnx.Intermediate)``).
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ MHC_INITS = ("paper", "identity")
 
 class HCStatic(nnx.Param):
   """HC's static parts (a_pre, b_post, a_res): trained, but excluded from weight decay."""
-
-
-def _keep_last(_, new):
-  return new
 
 
 class Residual(nnx.Module):
@@ -71,8 +68,9 @@ class _StreamConnection(nnx.Module):
       return x_XxNxC + y[..., None, :].astype(x_XxNxC.dtype)
     h_pre, h_post, h_res = self.maps(x_XxNxC)
     if self.capture_maps:
-      for name, value in (("h_pre", h_pre), ("h_post", h_post), ("h_res", h_res)):
-        self.sow(nnx.Intermediate, name, value, reduce_fn=_keep_last)
+      self.h_pre = nnx.Intermediate(h_pre)
+      self.h_post = nnx.Intermediate(h_post)
+      self.h_res = nnx.Intermediate(h_res)
     u_XxC = ops.mhc_pre(x_XxNxC, h_pre, implementation=self.implementation)
     y_XxC = self.sublayer(u_XxC, *args, **kwargs)
     return ops.mhc_post(x_XxNxC, y_XxC.astype(x_XxNxC.dtype), h_post, h_res,

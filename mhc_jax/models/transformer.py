@@ -94,8 +94,10 @@ class TransformerLM(nnx.Module):
   The residual state is ``[B, L, C]`` for the residual baseline and ``[B, L, N, C]`` for
   HC and mHC: the embedding is copied into the N streams, and at the output the streams
   are summed (``readout="sum"``) or mixed by a learned :class:`StreamHead` before the final
-  norm. When connections have ``capture_maps`` set, a call stores the per-layer maps,
-  stacked over blocks, as ``nnx.Intermediate`` state ``connection_maps`` on this module.
+  norm. When connections have ``capture_maps`` set (``model.set_attributes(capture_maps=True)``),
+  a call keeps the per-token maps of every sublayer, stacked over blocks, as
+  ``nnx.Intermediate`` state ``connection_maps``: ``{"attn"|"mlp": {"h_pre"|"h_post"|"h_res": array}}``
+  with a leading block axis (read it with ``nnx.pop(model, nnx.Intermediate)``).
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -137,7 +139,7 @@ class TransformerLM(nnx.Module):
     def body(x, block_state):
       block = nnx.merge(graphdef, block_state)
       x = block(x)
-      return x, nnx.pop(block, nnx.Intermediate)
+      return x, nnx.to_pure_dict(nnx.pop(block, nnx.Intermediate))
 
     if self.cfg.remat:
       body = jax.checkpoint(body)
@@ -150,5 +152,5 @@ class TransformerLM(nnx.Module):
         per_layer.append(m)
       maps = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
     if jax.tree.leaves(maps):
-      self.sow(nnx.Intermediate, "connection_maps", maps, reduce_fn=lambda _, new: new)
+      self.connection_maps = nnx.Intermediate(maps)
     return x
