@@ -1,0 +1,8 @@
+"""~125m-parameter mHC LM for one GPU node (d_model=768, 18 blocks, 12 heads); override
+--config.model.connection=residual|hc for the baselines, --config.schedule=cosine for cosine decay."""
+
+from _gpu import gpu
+
+
+def get_config():
+  return gpu("mhc", d_model=768, num_layers=18, num_heads=12, learning_rate=6e-4)

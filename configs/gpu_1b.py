@@ -1,0 +1,8 @@
+"""~1b-parameter mHC LM for one GPU node (d_model=2048, 20 blocks, 16 heads); override
+--config.model.connection=residual|hc for the baselines, --config.schedule=cosine for cosine decay."""
+
+from _gpu import gpu
+
+
+def get_config():
+  return gpu("mhc", d_model=2048, num_layers=20, num_heads=16, learning_rate=2e-4)

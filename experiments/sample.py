@@ -1,0 +1,28 @@
+"""Generate text from the newest checkpoint: ``python experiments/sample.py --workdir DIR``."""
+
+import argparse
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from mhc_jax.train import sampling, trainer  # noqa: E402
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--prompt", default="ROMEO:\n")
+  parser.add_argument("--length", type=int, default=400, help="bytes to generate")
+  parser.add_argument("--temperature", type=float, default=0.8)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  model, cfg = trainer.load_for_inference(args.workdir)
+  text = sampling.generate(model, args.prompt, args.length, context=cfg.seq_len,
+                           temperature=args.temperature, seed=args.seed)
+  print(args.prompt + text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,45 @@
+"""Train (or resume) a language model: ``python experiments/train.py --config configs/<name>.py --workdir DIR``.
+
+Any config field can be overridden with ``--config.<field>=<value>``, e.g.
+``--config.train_steps=2000 --config.model.connection=hc``. Rerunning the same command on the
+same workdir resumes from its newest checkpoint.
+"""
+
+import argparse
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from mhc_jax.train import config as config_lib  # noqa: E402
+from mhc_jax.train import trainer  # noqa: E402
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True, help="path to configs/<name>.py")
+  parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and plots go here")
+  parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  args, rest = parser.parse_known_args(argv)
+  try:
+    cfg = config_lib.apply_overrides(config_lib.load_config_file(args.config),
+                                     config_lib.parse_override_args(rest))
+  except (ValueError, FileNotFoundError) as e:
+    parser.error(str(e))
+  print(f"training {args.config} in {args.workdir}:\n{cfg.to_json()}", file=sys.stderr)
+  try:
+    rows = trainer.train(cfg, args.workdir, progress=not args.no_progress)
+  except trainer.TrainingDiverged as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    return 130
+  last = next((r for r in reversed(rows) if "val_bpb" in r), None)
+  if last:
+    print(f"done: step {last['step']}, val loss {last['val_loss']:.4f}, "
+          f"val bits/byte {last['val_bpb']:.4f}; plots in {args.workdir}/plots", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

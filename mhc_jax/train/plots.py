@@ -1,0 +1,44 @@
+"""PNG plots of a run's metrics: loss (train and validation) and gradient norm."""
+
+from __future__ import annotations
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _series(rows: list[dict], key: str):
+  pts = [(r["step"], r[key]) for r in rows if key in r]
+  return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_metrics(rows: list[dict], out_dir: str | pathlib.Path, title: str = "") -> list[pathlib.Path]:
+  """Writes ``loss.png`` and ``grad_norm.png`` into ``out_dir``; returns their paths."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = []
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+    steps, values = _series(rows, key)
+    if steps:
+      ax.plot(steps, values, label=label, marker="o" if key == "val_loss" else None, markersize=3)
+  ax.set(xlabel="step", ylabel="loss (nats per byte)", title=title or "loss")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  paths.append(out_dir / "loss.png")
+  fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  steps, values = _series(rows, "grad_norm")
+  ax.plot(steps, values, color="tab:red")
+  ax.set(xlabel="step", ylabel="global gradient norm (before clipping)", title=title or "gradient norm",
+         yscale="log")
+  ax.grid(alpha=0.3)
+  paths.append(out_dir / "grad_norm.png")
+  fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  return paths

@@ -1,0 +1,193 @@
+"""The training loop: jitted, donated train step; periodic eval; orbax resume; NaN guard; metrics.
+
+``train(cfg, workdir)`` is what ``experiments/train.py`` calls. Rerunning it on the same
+workdir resumes from the newest readable checkpoint (model, optimizer and data position),
+so a run stopped at any point and resumed gives bit-identical losses on CPU to one that
+never stopped; raising ``train_steps`` on a finished workdir continues training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from mhc_jax.models import ModelConfig, TransformerLM
+from mhc_jax.train import data as data_lib
+from mhc_jax.train import plots
+from mhc_jax.train.checkpoint import Checkpointer
+from mhc_jax.train.config import TrainConfig
+from mhc_jax.train.optim import learning_rate_schedule, make_optimizer
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+def next_token_loss(graphdef, params, batch_BxLp1):
+  """Mean cross-entropy (nats) of predicting byte t+1 from bytes <= t."""
+  logits = nnx.merge(graphdef, params)(batch_BxLp1[:, :-1])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch_BxLp1[:, 1:]).mean()
+
+
+def init_state(cfg: TrainConfig, tx: optax.GradientTransformation):
+  """Builds ``(graphdef, state)``; state = {"step", "params", "opt_state"} as plain pytrees."""
+  model = TransformerLM(cfg.model, rngs=nnx.Rngs(cfg.seed))
+  graphdef, params = nnx.split(model)
+  params = nnx.to_pure_dict(params)
+  return graphdef, {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation):
+  """One optimizer step; the old state's buffers are donated to the new one."""
+
+  def step(state, batch):
+    loss, grads = jax.value_and_grad(lambda p: next_token_loss(graphdef, p, batch))(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(graphdef):
+  return jax.jit(lambda params, batch: next_token_loss(graphdef, params, batch))
+
+
+def evaluate(eval_step, params, batches) -> dict:
+  loss = float(np.mean([float(eval_step(params, b)) for b in batches]))
+  return {"val_loss": loss, "val_bpb": loss / math.log(2)}
+
+
+def _read_metrics(path: pathlib.Path) -> list[dict]:
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _check_same_model(saved: dict, cfg: TrainConfig, workdir: pathlib.Path) -> None:
+  saved_model = saved.get("model", {})
+  current = dataclasses.asdict(cfg.model)
+  diff = {k: (saved_model.get(k), v) for k, v in current.items()
+          if k not in ("scan_layers", "remat", "implementation") and saved_model.get(k) != v}
+  if diff:
+    fields = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
+    raise ValueError(f"{workdir} holds a checkpoint of a different model ({fields}); "
+                     "use a new --workdir or the original config")
+
+
+def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = True) -> list[dict]:
+  """Trains (or resumes) ``cfg`` in ``workdir``; returns the metrics rows of the whole run."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  data = data_lib.prepare_data(cfg.data_source, cfg.seq_len, cfg.batch_size, cfg.seed)
+  tx = make_optimizer(cfg)
+  schedule = learning_rate_schedule(cfg)
+  graphdef, state = init_state(cfg, tx)
+  train_iter = data.train_iterator()
+  eval_batches = data.eval_batches(cfg.eval_batches)
+
+  ckpt = Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints)
+  metrics_path = workdir / METRICS_FILE
+  start = 0
+  restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
+  if restored is not None:
+    start, state, data_state, saved_cfg = restored
+    _check_same_model(saved_cfg, cfg, workdir)
+    train_iter.set_state(data_state)
+    rows = [r for r in _read_metrics(metrics_path) if r["step"] <= start]
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"resumed from step {start} in {workdir}", file=sys.stderr)
+  (workdir / "config.json").write_text(cfg.to_json())
+
+  train_step = make_train_step(graphdef, tx)
+  eval_step = make_eval_step(graphdef)
+  tokens_per_step = cfg.batch_size * cfg.seq_len
+  bar = tqdm(total=cfg.train_steps, initial=start, disable=not progress, unit="step",
+             dynamic_ncols=True, mininterval=1.0)
+  last_time, last_step = time.perf_counter(), start
+  pending = None
+  try:
+    with metrics_path.open("a") as log:
+      for step in range(start + 1, cfg.train_steps + 1):
+        pending = train_iter.get_state()  # the data position that matches `state` until it advances
+        batch = jnp.asarray(next(train_iter))
+        state, metrics = train_step(state, batch)
+        pending = None
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):
+          kept = ckpt.steps()
+          raise TrainingDiverged(
+              f"loss is {loss} at step {step}; training stopped. The last good checkpoint "
+              f"(step {kept[-1] if kept else 'none'}) is kept in {ckpt.directory}.")
+        row = None
+        if step % cfg.log_every == 0 or step == cfg.train_steps:
+          now = time.perf_counter()
+          row = {"step": step, "train_loss": loss, "grad_norm": float(metrics["grad_norm"]),
+                 "learning_rate": float(schedule(step - 1)),
+                 "tokens_per_sec": tokens_per_step * (step - last_step) / (now - last_time)}
+          last_time, last_step = now, step
+        if step % cfg.eval_every == 0 or step == cfg.train_steps:
+          row = (row or {"step": step, "train_loss": loss}) | evaluate(eval_step, state["params"], eval_batches)
+        if row is not None:
+          log.write(json.dumps(row) + "\n")
+          log.flush()
+          bar.set_postfix({k: f"{row[k]:.4g}" for k in ("train_loss", "val_bpb", "tokens_per_sec")
+                           if k in row}, refresh=False)
+        if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
+          ckpt.save(step, state, train_iter.get_state(), cfg.to_dict())
+        bar.update(1)
+  except KeyboardInterrupt:
+    _save_on_interrupt(ckpt, state, pending if pending is not None else train_iter.get_state(), cfg)
+    raise
+  finally:
+    bar.close()
+    ckpt.close()
+  rows = _read_metrics(metrics_path)
+  plots.plot_metrics(rows, workdir / "plots")
+  return rows
+
+
+def _save_on_interrupt(ckpt, state, data_state, cfg) -> None:
+  """Ctrl-C: save the state and the data position that belongs to it, if they are intact."""
+  try:
+    done = int(state["step"])
+    if done > 0 and done not in ckpt.steps():
+      ckpt.save(done, state, data_state, cfg.to_dict())
+    print(f"\ninterrupted: saved step {done}; rerun the same command to resume", file=sys.stderr)
+  except Exception as e:  # noqa: BLE001 - e.g. interrupted inside the step, buffers donated
+    print(f"\ninterrupted ({type(e).__name__}); rerun the same command to resume from the last "
+          "checkpoint", file=sys.stderr)
+
+
+def load_for_inference(workdir: str | pathlib.Path):
+  """Returns ``(model, cfg)`` with the newest checkpoint's parameters."""
+  ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
+  steps = ckpt.steps()
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  cfg = TrainConfig.from_dict(ckpt.read_config(steps[-1]))
+  tx = make_optimizer(cfg)
+  graphdef, state = init_state(cfg, tx)
+  restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
+  return nnx.merge(graphdef, restored[1]["params"]), cfg
+
+
+__all__ = ["ModelConfig", "TrainingDiverged", "evaluate", "init_state", "load_for_inference",
+           "make_eval_step", "make_train_step", "next_token_loss", "train"]
