@@ -57,7 +57,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation):
     loss, grads = jax.value_and_grad(lambda p: next_token_loss(graphdef, p, batch))(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
   return jax.jit(step, donate_argnums=0)
@@ -78,8 +78,15 @@ def _read_metrics(path: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _check_same_model(saved: dict, cfg: TrainConfig, workdir: pathlib.Path) -> None:
-  saved_model = saved.get("model", {})
+def _check_same_model(ckpt: Checkpointer, cfg: TrainConfig, workdir: pathlib.Path) -> None:
+  """Refuses to resume a workdir whose newest checkpoint holds a different model."""
+  steps = ckpt.steps()
+  try:
+    saved_model = ckpt.read_config(steps[-1]).get("model", {}) if steps else {}
+  except Exception:  # noqa: BLE001 - unreadable: restore_latest reports it and falls back
+    return
+  if not saved_model:
+    return
   current = dataclasses.asdict(cfg.model)
   diff = {k: (saved_model.get(k), v) for k, v in current.items()
           if k not in ("scan_layers", "remat", "implementation") and saved_model.get(k) != v}
@@ -93,7 +100,7 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = Tru
   """Trains (or resumes) ``cfg`` in ``workdir``; returns the metrics rows of the whole run."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  data = data_lib.prepare_data(cfg.data_source, cfg.seq_len, cfg.batch_size, cfg.seed)
+  data = data_lib.prepare_data(cfg.data_source or None, cfg.seq_len, cfg.batch_size, cfg.seed)
   tx = make_optimizer(cfg)
   schedule = learning_rate_schedule(cfg)
   graphdef, state = init_state(cfg, tx)
@@ -103,10 +110,10 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = Tru
   ckpt = Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints)
   metrics_path = workdir / METRICS_FILE
   start = 0
+  _check_same_model(ckpt, cfg, workdir)
   restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
   if restored is not None:
-    start, state, data_state, saved_cfg = restored
-    _check_same_model(saved_cfg, cfg, workdir)
+    start, state, data_state, _ = restored
     train_iter.set_state(data_state)
     rows = [r for r in _read_metrics(metrics_path) if r["step"] <= start]
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
