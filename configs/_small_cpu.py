@@ -1,4 +1,4 @@
-"""Shared base of the matched small CPU trio (residual / HC / mHC): about 10 minutes each on 2 cores."""
+"""Shared base of the matched small CPU trio (residual / HC / mHC): 5-9 minutes each on 2 CPU cores."""
 
 from mhc_jax.models import ModelConfig
 from mhc_jax.train.config import TrainConfig
@@ -10,10 +10,10 @@ def small_cpu(connection: str) -> TrainConfig:
       seq_len=256,
       batch_size=16,
       learning_rate=2e-3,
-      warmup_steps=100,
-      train_steps=1000,
+      warmup_steps=30,
+      train_steps=300,
       log_every=10,
-      eval_every=100,
+      eval_every=50,
       eval_batches=16,
-      checkpoint_every=100,
+      checkpoint_every=50,
   )
