@@ -25,7 +25,7 @@ def plot_metrics(rows: list[dict], out_dir: str | pathlib.Path, title: str = "")
     steps, values = _series(rows, key)
     if steps:
       ax.plot(steps, values, label=label, marker="o" if key == "val_loss" else None, markersize=3)
-  ax.set(xlabel="step", ylabel="loss (nats per byte)", title=title or "loss")
+  ax.set(xlabel="step", ylabel="loss (nats per byte)", title=f"{title}: loss" if title else "loss")
   ax.grid(alpha=0.3)
   ax.legend()
   paths.append(out_dir / "loss.png")
@@ -35,10 +35,28 @@ def plot_metrics(rows: list[dict], out_dir: str | pathlib.Path, title: str = "")
   fig, ax = plt.subplots(figsize=(7, 4.5))
   steps, values = _series(rows, "grad_norm")
   ax.plot(steps, values, color="tab:red")
-  ax.set(xlabel="step", ylabel="global gradient norm (before clipping)", title=title or "gradient norm",
+  ax.set(xlabel="step", ylabel="global gradient norm (before clipping)", title=f"{title}: gradient norm" if title else "gradient norm",
          yscale="log")
   ax.grid(alpha=0.3)
   paths.append(out_dir / "grad_norm.png")
   fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
   plt.close(fig)
   return paths
+
+
+def plot_comparison(runs: dict[str, list[dict]], path: str | pathlib.Path) -> pathlib.Path:
+  """Validation bits per byte and gradient norm of several runs side by side (one PNG)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig, (ax_val, ax_grad) = plt.subplots(1, 2, figsize=(12, 4.5))
+  for name, rows in runs.items():
+    ax_val.plot(*_series(rows, "val_bpb"), marker="o", markersize=3, label=name)
+    ax_grad.plot(*_series(rows, "grad_norm"), label=name, alpha=0.8)
+  ax_val.set(xlabel="step", ylabel="validation bits per byte", title="validation loss")
+  ax_grad.set(xlabel="step", ylabel="global gradient norm", title="gradient norm", yscale="log")
+  for ax in (ax_val, ax_grad):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  return path

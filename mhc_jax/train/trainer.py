@@ -147,6 +147,7 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = Tru
                  "learning_rate": float(schedule(step - 1)),
                  "tokens_per_sec": tokens_per_step * (step - last_step) / (now - last_time)}
           last_time, last_step = now, step
+        paused = time.perf_counter()  # eval and checkpoint time is not training throughput
         if step % cfg.eval_every == 0 or step == cfg.train_steps:
           row = (row or {"step": step, "train_loss": loss}) | evaluate(eval_step, state["params"], eval_batches)
         if row is not None:
@@ -156,6 +157,7 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = Tru
                            if k in row}, refresh=False)
         if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
           ckpt.save(step, state, train_iter.get_state(), cfg.to_dict())
+        last_time += time.perf_counter() - paused
         bar.update(1)
   except KeyboardInterrupt:
     _save_on_interrupt(ckpt, state, pending if pending is not None else train_iter.get_state(), cfg)
@@ -164,7 +166,7 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = Tru
     bar.close()
     ckpt.close()
   rows = _read_metrics(metrics_path)
-  plots.plot_metrics(rows, workdir / "plots")
+  plots.plot_metrics(rows, workdir / "plots", title=workdir.resolve().name)
   return rows
 
 
