@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from mhc_jax.models import ModelConfig, TransformerLM
+from mhc_jax.models import TransformerLM
 from mhc_jax.train import data as data_lib
 from mhc_jax.train import plots
 from mhc_jax.train.checkpoint import Checkpointer
@@ -198,5 +198,5 @@ def load_for_inference(workdir: str | pathlib.Path):
   return nnx.merge(graphdef, restored[1]["params"]), cfg
 
 
-__all__ = ["ModelConfig", "TrainingDiverged", "evaluate", "init_state", "load_for_inference",
+__all__ = ["TrainingDiverged", "evaluate", "init_state", "load_for_inference",
            "make_eval_step", "make_train_step", "next_token_loss", "train"]

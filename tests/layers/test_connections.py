@@ -45,13 +45,9 @@ class Stack(nnx.Module):
     return layers.reduce_streams(self.hidden(x))
 
 
-def _residual_net(x, depth=3):
-  net = Stack("residual", 1, nnx.Rngs(0), depth=depth)
-  return net.layers, _apply_residual(net, x)
-
-
-def _apply_residual(net, x):
-  for layer in net.layers:
+def _prenorm_residual(x, depth=3):
+  """The Pre-Norm residual network with the same sublayers (Branch(Rngs(100 + i)))."""
+  for layer in Stack("residual", 1, nnx.Rngs(0), depth=depth).layers:
     x = layer(x)
   return x
 
@@ -67,11 +63,6 @@ def test_one_stream_is_a_plain_residual(kind):
   res = layers.Residual(Branch(nnx.Rngs(3)))
   np.testing.assert_array_equal(conn(x[..., None, :])[..., 0, :], res(x))
   assert set(nnx.to_pure_dict(nnx.state(conn, nnx.Param))) == {"sublayer"}  # no mixing params
-
-
-def _prenorm_residual(x, depth=3):
-  _, out = _residual_net(x, depth)
-  return out
 
 
 @pytest.mark.parametrize("dynamic", [True, False])
