@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from mhc_jax.ops import _checks
+from mhc_jax.ops._projection import rms_projection
 
 
 def hc_static_init(n: int, layer_index) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -62,9 +62,7 @@ def hc_coefficients(
             jnp.broadcast_to(b_post.astype(cdt), batch + (n,)),
             jnp.broadcast_to(a_res.T.astype(cdt), batch + (n, n)))
   _checks.check_shape("w", w, (c, n + 2), f"[C, N+2] for N={n}, C={c}")
-  xf = x.astype(cdt)
-  x_bar = xf * lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + rms_eps)
-  z_XxNx2pN = jnp.tanh(x_bar @ w.astype(cdt))
+  z_XxNx2pN = jnp.tanh(rms_projection(x, w.astype(cdt), float(rms_eps)))
   h_pre = s_alpha * z_XxNx2pN[..., 0] + a_pre
   h_post = s_beta * z_XxNx2pN[..., 1] + b_post
   h_res = jnp.swapaxes(s_alpha * z_XxNx2pN[..., 2:] + a_res, -1, -2)

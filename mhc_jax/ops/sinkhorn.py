@@ -47,9 +47,20 @@ _COL, _ROW = 0, 1
 _UNROLL = 4  # iterations per loop trip: fewer loop overheads, still a small program
 
 
+def _sum(m, axis: int):
+  """Sum over a tiny N axis as N - 1 adds of slices (keepdims).
+
+  XLA:CPU fuses a forward chain of these adds and divides into a few loop fusions (2x
+  faster than reduce ops). The backward keeps reduce ops: there the fusion would
+  recompute shared operands many times over.
+  """
+  parts = [lax.index_in_dim(m, i, axis) for i in range(m.shape[axis])]
+  return functools.reduce(jnp.add, parts)
+
+
 def _column_softmax(logits):
   e = jnp.exp(logits - jnp.max(logits, axis=_COL, keepdims=True))
-  return e / jnp.sum(e, axis=_COL, keepdims=True)
+  return e / _sum(e, _COL)
 
 
 def _fori(steps: int, body, init):
@@ -58,11 +69,11 @@ def _fori(steps: int, body, init):
 
 def _forward(logits, num_iters: int, eps: float):
   m = _column_softmax(logits) + eps
-  m = m / (jnp.sum(m, axis=_ROW, keepdims=True) + eps)
+  m = m / (_sum(m, _ROW) + eps)
 
   def body(_, m):
-    m = m / (jnp.sum(m, axis=_COL, keepdims=True) + eps)
-    return m / (jnp.sum(m, axis=_ROW, keepdims=True) + eps)
+    m = m / (_sum(m, _COL) + eps)
+    return m / (_sum(m, _ROW) + eps)
 
   return _fori(num_iters - 1, body, m)
 
@@ -88,7 +99,7 @@ def _sinkhorn_exact_bwd(num_iters, eps, logits, g):
   # Replay the forward, recording only the normalizers of every pass.
   y0 = _column_softmax(logits)
   m = y0 + eps
-  row0 = jnp.sum(m, axis=_ROW, keepdims=True)
+  row0 = _sum(m, _ROW)
   m = m / (row0 + eps)
   steps = num_iters - 1
   n, _, t = m.shape
@@ -97,9 +108,9 @@ def _sinkhorn_exact_bwd(num_iters, eps, logits, g):
 
   def replay(k, carry):
     m, cols, rows = carry
-    c = jnp.sum(m, axis=_COL, keepdims=True)
+    c = _sum(m, _COL)
     m = m / (c + eps)
-    r = jnp.sum(m, axis=_ROW, keepdims=True)
+    r = _sum(m, _ROW)
     m = m / (r + eps)
     return m, cols.at[k].set(c), rows.at[k].set(r)
 
