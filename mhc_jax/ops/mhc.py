@@ -4,8 +4,13 @@
   mhc_pre:          u = sum_i H_pre[i] x_i          the sublayer input
   mhc_post:         x' = H_res x + H_post^T y       the merged stream update
 
-Every op takes ``implementation=``: ``"xla"`` is the jnp implementation below, ``"auto"``
-picks the fastest one available on the current backend (today always ``"xla"``).
+Every op takes ``implementation=``:
+  * ``"xla"``: the jnp implementation below (any backend, any float dtype incl. fp64);
+  * ``"pallas"``: the fused kernels of :mod:`mhc_jax.ops.pallas` for ``mhc_pre`` and
+    ``mhc_post`` (Triton on GPUs, interpret mode elsewhere; fp32/bf16/fp16). The
+    coefficient kernel is not written yet: ``mhc_coefficients`` runs the xla path for it;
+  * ``"auto"``: ``"xla"`` today on every backend. It will pick the Pallas kernels on GPUs once
+    they are timed there (they are checked in interpret mode and lowered to Triton on CPU).
 The math runs in fp32 (fp64 for fp64 inputs) whatever the stream dtype; outputs of
 ``mhc_pre`` and ``mhc_post`` are stored in the stream dtype. Each op has a custom VJP that
 saves its inputs in their own dtype (an fp32 upcast of a bf16 stream is never stored).
@@ -16,11 +21,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mhc_jax.ops import _checks
+from mhc_jax.ops import _checks, pallas
 from mhc_jax.ops._projection import rms_projection
 from mhc_jax.ops.sinkhorn import sinkhorn_knopp
 
-IMPLEMENTATIONS = ("auto", "xla")
+IMPLEMENTATIONS = ("auto", "xla", "pallas")
 
 
 def resolve_implementation(implementation: str) -> str:
@@ -68,7 +73,7 @@ def mhc_coefficients(
     pre_eps: added to sigmoid for H_pre (DeepSeek: 1e-6).
     post_mult: H_post = post_mult * sigmoid (paper and DeepSeek-V4: 2).
     rms_eps: epsilon of the RMS taken over the flattened N*C vector.
-    implementation: ``"auto"`` | ``"xla"``.
+    implementation: ``"auto"`` | ``"xla"`` | ``"pallas"`` (no coefficient kernel yet: same as xla).
 
   Returns:
     ``(h_pre [..., N], h_post [..., N], h_res [..., N, N])`` in fp32 (fp64 for fp64 input).
@@ -123,18 +128,12 @@ def _dot_c(a_XxNxC, b_XxC):
   return jnp.einsum("...ic,...c->...i", a_XxNxC, b_XxC, precision="highest")
 
 
-@jax.custom_vjp
-def _pre(x_XxNxC, h_pre_XxN):
+def _pre_xla(x_XxNxC, h_pre_XxN):
   cdt = _checks.compute_dtype(x_XxNxC.dtype, h_pre_XxN.dtype)
   return _mix(h_pre_XxN.astype(cdt), x_XxNxC.astype(cdt)).astype(x_XxNxC.dtype)
 
 
-def _pre_fwd(x, h_pre):
-  return _pre(x, h_pre), (x, h_pre)
-
-
-def _pre_bwd(res, g_XxC):
-  x_XxNxC, h_pre_XxN = res
+def _pre_bwd_xla(x_XxNxC, h_pre_XxN, g_XxC):
   cdt = _checks.compute_dtype(x_XxNxC.dtype, h_pre_XxN.dtype)
   g = g_XxC.astype(cdt)
   g_x = h_pre_XxN.astype(cdt)[..., None] * g[..., None, :]
@@ -142,11 +141,7 @@ def _pre_bwd(res, g_XxC):
   return g_x.astype(x_XxNxC.dtype), g_h.astype(h_pre_XxN.dtype)
 
 
-_pre.defvjp(_pre_fwd, _pre_bwd)
-
-
-@jax.custom_vjp
-def _post(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN):
+def _post_xla(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN):
   cdt = _checks.compute_dtype(x_XxNxC.dtype, h_res_XxNxN.dtype)
   # x'_k = sum_j h_res[k, j] x_j + h_post[k] y: mix with the transposed h_res.
   mixed = _mix_streams(jnp.swapaxes(h_res_XxNxN.astype(cdt), -1, -2), x_XxNxC.astype(cdt))
@@ -154,12 +149,7 @@ def _post(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN):
   return out.astype(x_XxNxC.dtype)
 
 
-def _post_fwd(x, y, h_post, h_res):
-  return _post(x, y, h_post, h_res), (x, y, h_post, h_res)
-
-
-def _post_bwd(res, g_XxNxC):
-  x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN = res
+def _post_bwd_xla(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN, g_XxNxC):
   cdt = _checks.compute_dtype(x_XxNxC.dtype, h_res_XxNxN.dtype)
   g = g_XxNxC.astype(cdt)
   xf, yf = x_XxNxC.astype(cdt), y_XxC.astype(cdt)
@@ -175,24 +165,34 @@ def _post_bwd(res, g_XxNxC):
   )
 
 
-_post.defvjp(_post_fwd, _post_bwd)
+def _with_vjp(fwd, bwd):
+  """A custom-VJP op that saves its inputs (in their own dtypes) and calls ``bwd(*inputs, g)``."""
+  op = jax.custom_vjp(fwd)
+  op.defvjp(lambda *args: (fwd(*args), args), lambda args, g: bwd(*args, g))
+  return op
 
 
-def _check_stream(x) -> tuple[int, int]:
+_PRE = {"xla": _with_vjp(_pre_xla, _pre_bwd_xla), "pallas": _with_vjp(pallas.pre_fwd, pallas.pre_bwd)}
+_POST = {"xla": _with_vjp(_post_xla, _post_bwd_xla), "pallas": _with_vjp(pallas.post_fwd, pallas.post_bwd)}
+
+
+def _check_stream(x, impl: str) -> tuple[int, int]:
   _checks.check_float("x", x)
   if x.ndim < 2:
     raise ValueError(f"x must have shape [..., N, C], got {x.shape}")
+  if impl != "xla" and x.dtype == jnp.float64:
+    raise ValueError(f"implementation={impl!r} computes in fp32; got a float64 x (use 'xla')")
   return x.shape[-2], x.shape[-1]
 
 
 def mhc_pre(x: jax.Array, h_pre: jax.Array, *, implementation: str = "auto") -> jax.Array:
   """``u = sum_i h_pre[..., i] * x[..., i, :]``: x ``[..., N, C]``, h_pre ``[..., N]`` -> ``[..., C]``."""
-  resolve_implementation(implementation)
+  impl = resolve_implementation(implementation)
   x, h_pre = jnp.asarray(x), jnp.asarray(h_pre)
-  n, _ = _check_stream(x)
+  n, _ = _check_stream(x, impl)
   _checks.check_float("h_pre", h_pre)
   _checks.check_shape("h_pre", h_pre, x.shape[:-1], "[..., N] matching x [..., N, C]")
-  return _pre(x, h_pre)
+  return _PRE[impl](x, h_pre)
 
 
 def mhc_post(
@@ -208,12 +208,12 @@ def mhc_post(
   x ``[..., N, C]``, y ``[..., C]`` (the sublayer output), h_post ``[..., N]``,
   h_res ``[..., N, N]`` with ``x'_i = sum_j h_res[i, j] x_j + h_post[i] y``.
   """
-  resolve_implementation(implementation)
+  impl = resolve_implementation(implementation)
   x, y, h_post, h_res = map(jnp.asarray, (x, y, h_post, h_res))
-  n, _ = _check_stream(x)
+  n, _ = _check_stream(x, impl)
   for name, a in (("y", y), ("h_post", h_post), ("h_res", h_res)):
     _checks.check_float(name, a)
   _checks.check_shape("y", y, x.shape[:-2] + x.shape[-1:], "[..., C] matching x [..., N, C]")
   _checks.check_shape("h_post", h_post, x.shape[:-1], "[..., N] matching x [..., N, C]")
   _checks.check_shape("h_res", h_res, x.shape[:-1] + (n,), "[..., N, N] matching x [..., N, C]")
-  return _post(x, y, h_post, h_res)
+  return _POST[impl](x, y, h_post, h_res)
