@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test bench bench-step trio clean
+.PHONY: install train test bench bench-step bench-kernels trio clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench: $(STAMP)  ## Sinkhorn gradient-mode benchmark (time and memory, ratios vs
 
 bench-step: $(STAMP)  ## train-step time of residual / HC / mHC, interleaved, ratios to residual
 	$(BIN)/python experiments/bench_step.py
+
+bench-kernels: $(STAMP)  ## xla vs Pallas kernels vs the memory-traffic floor (meaningful on a GPU only)
+	$(BIN)/python experiments/bench_kernels.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -6,11 +6,13 @@
 
 Every op takes ``implementation=``:
   * ``"xla"``: the jnp implementation below (any backend, any float dtype incl. fp64);
-  * ``"pallas"``: the fused kernels of :mod:`mhc_jax.ops.pallas` for ``mhc_pre`` and
-    ``mhc_post`` (Triton on GPUs, interpret mode elsewhere; fp32/bf16/fp16). The
-    coefficient kernel is not written yet: ``mhc_coefficients`` runs the xla path for it;
-  * ``"auto"``: ``"xla"`` today on every backend. It will pick the Pallas kernels on GPUs once
-    they are timed there (they are checked in interpret mode and lowered to Triton on CPU).
+  * ``"pallas"``: the fused kernels of :mod:`mhc_jax.ops.pallas` (Triton on GPUs, interpret
+    mode elsewhere; fp32/bf16/fp16 streams): the coefficient kernel (GEMM + RMS + gates +
+    Sinkhorn in one pass, the Sinkhorn VJP replayed on-chip; exact Sinkhorn gradient only),
+    the pre-apply and the post/res merge, each forward and backward;
+  * ``"auto"``: ``"xla"`` today on every backend. On CPUs XLA is the fastest (the kernels
+    only run interpreted). On GPUs the kernels are checked in interpret mode and lowered to
+    Triton, but not yet timed on a GPU, so ``"auto"`` does not pick them yet.
 The math runs in fp32 (fp64 for fp64 inputs) whatever the stream dtype; outputs of
 ``mhc_pre`` and ``mhc_post`` are stored in the stream dtype. Each op has a custom VJP that
 saves its inputs in their own dtype (an fp32 upcast of a bf16 stream is never stored).
@@ -73,25 +75,31 @@ def mhc_coefficients(
     pre_eps: added to sigmoid for H_pre (DeepSeek: 1e-6).
     post_mult: H_post = post_mult * sigmoid (paper and DeepSeek-V4: 2).
     rms_eps: epsilon of the RMS taken over the flattened N*C vector.
-    implementation: ``"auto"`` | ``"xla"`` | ``"pallas"`` (no coefficient kernel yet: same as xla).
+    implementation: ``"auto"`` | ``"xla"`` | ``"pallas"`` (``sinkhorn_grad="exact"`` only).
 
   Returns:
     ``(h_pre [..., N], h_post [..., N], h_res [..., N, N])`` in fp32 (fp64 for fp64 input).
   """
-  resolve_implementation(implementation)
+  impl = resolve_implementation(implementation)
   x, phi, alpha, bias = map(jnp.asarray, (x, phi, alpha, bias))
-  if x.ndim < 2:
-    raise ValueError(f"x must have shape [..., N, C], got {x.shape}")
-  for name, a in (("x", x), ("phi", phi), ("alpha", alpha), ("bias", bias)):
+  n, c = _check_stream(x, impl)
+  for name, a in (("phi", phi), ("alpha", alpha), ("bias", bias)):
     _checks.check_float(name, a)
-  n, c = x.shape[-2:]
+  if impl == "pallas" and sinkhorn_grad != "exact":
+    raise ValueError(f"implementation='pallas' computes the exact Sinkhorn gradient on-chip; "
+                     f"sinkhorn_grad={sinkhorn_grad!r} needs implementation='xla'")
   k = num_coefficients(n)
   _checks.check_shape("phi", phi, (n * c, k), f"[N*C, N*N+2N] for N={n}, C={c}")
   _checks.check_shape("alpha", alpha, (3,), "(alpha_pre, alpha_post, alpha_res)")
   _checks.check_shape("bias", bias, (k,), f"[N*N+2N] for N={n}")
   _checks.check_nonnegative("rms_eps", rms_eps)
+  _checks.check_int("num_iters", num_iters, 1)
+  _checks.check_nonnegative("sinkhorn_eps", sinkhorn_eps)
 
   v = x.reshape(x.shape[:-2] + (n * c,))
+  if impl == "pallas":
+    return _coefficients_pallas(v, phi, alpha, bias, pallas.Config(
+        n, num_iters, float(sinkhorn_eps), float(pre_eps), float(post_mult), float(rms_eps)))
   cdt = _checks.compute_dtype(x.dtype, phi.dtype)
   scale_K = _column_scales(alpha.astype(cdt), n)
   logits = rms_projection(v, phi, float(rms_eps)) * scale_K + bias.astype(cdt)
@@ -100,6 +108,21 @@ def mhc_coefficients(
   res_logits = logits[..., 2 * n:].reshape(logits.shape[:-1] + (n, n))
   h_res = sinkhorn_knopp(res_logits, num_iters=num_iters, eps=sinkhorn_eps, grad=sinkhorn_grad)
   return h_pre, h_post, h_res
+
+
+def _coefficients_pallas(v_XxP, phi, alpha, bias, cfg):
+  """The fused coefficient kernel on ``[T, P]`` tokens; K padded to a power of two."""
+  n, batch = cfg.n, v_XxP.shape[:-1]
+  pad = pallas.padded_width(n) - num_coefficients(n)
+  f32 = lambda a: a.astype(jnp.float32)
+  h_pre, h_post, h_res = pallas.coefficients(
+      v_XxP.reshape(-1, v_XxP.shape[-1]),
+      jnp.pad(f32(phi), ((0, 0), (0, pad))),
+      jnp.pad(_column_scales(f32(alpha), n), (0, pad)),
+      jnp.pad(f32(bias), (0, pad)),
+      cfg,
+  )
+  return h_pre.reshape(batch + (n,)), h_post.reshape(batch + (n,)), h_res.reshape(batch + (n, n))
 
 
 # ----------------------------------------------------------------------- pre / post

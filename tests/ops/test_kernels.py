@@ -1,4 +1,4 @@
-"""Every implementation of the stream ops against the plain equations (reference.py).
+"""Every implementation of the mHC ops against the plain equations (reference.py).
 
 One mixin per op, one subclass per implementation. On a CPU the Pallas subclass runs the
 same kernels in interpret mode. Forward and VJP (random cotangents) across n in
@@ -41,18 +41,39 @@ def _close(got, want, dtype):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
 
 
-def _check_vjp(op, ref, args, key, dtype):
-  """Forward and VJP of ``op`` against ``ref`` evaluated in fp32 on the same inputs."""
+def _check_vjp(op, ref, args, key, out_dtype):
+  """Forward and VJP of ``op`` against ``ref`` evaluated in fp32 on the same inputs.
+
+  ``op`` may return an array or a tuple of arrays; every output must have ``out_dtype``.
+  """
   out, vjp = jax.vjp(op, *args)
-  args32 = [a.astype(jnp.float32) for a in args]
-  want, ref_vjp = jax.vjp(ref, *args32)
-  assert out.dtype == args[0].dtype
-  _close(out, want, dtype)
-  cot = jax.random.normal(key, out.shape).astype(out.dtype)
-  grads, want_grads = vjp(cot), ref_vjp(cot.astype(jnp.float32))
-  for g, w, a in zip(grads, want_grads, args):
+  want, ref_vjp = jax.vjp(ref, *[a.astype(jnp.float32) for a in args])
+  outs, wants = jax.tree.leaves(out), jax.tree.leaves(want)
+  for o, w in zip(outs, wants, strict=True):
+    assert o.dtype == out_dtype
+    _close(o, w, out_dtype)
+  keys = jax.random.split(key, len(outs))
+  cot = jax.tree.unflatten(jax.tree.structure(out),
+                           [jax.random.normal(k, o.shape).astype(o.dtype) for k, o in zip(keys, outs)])
+  grads, want_grads = vjp(cot), ref_vjp(jax.tree.map(lambda c: c.astype(jnp.float32), cot))
+  for g, w, a in zip(grads, want_grads, args, strict=True):
     assert g.dtype == a.dtype and g.shape == a.shape
     _close(g, w, a.dtype)
+
+
+class CoefficientsMixin:
+  IMPL: str
+
+  @pytest.mark.parametrize("n, c", SHAPES)
+  @pytest.mark.parametrize("dtype", DTYPES)
+  def test_coefficients_forward_and_vjp(self, n, c, dtype):
+    x, _, _, _, _, key = _inputs(n, c, dtype, seed=2)
+    k = jax.random.split(key, 3)
+    phi = jax.random.normal(k[0], (n * c, ops.num_coefficients(n))) / np.sqrt(n * c)
+    alpha = jnp.array([0.7, 1.1, 1.6])  # distinct gates: a swapped gate would show
+    bias = 0.5 * jax.random.normal(k[1], (ops.num_coefficients(n),))
+    op = lambda *a: ops.mhc_coefficients(*a, implementation=self.IMPL)
+    _check_vjp(op, reference.mhc_coefficients_reference, (x, phi, alpha, bias), k[2], jnp.float32)
 
 
 class PreMixin:
@@ -77,17 +98,25 @@ class PostMixin:
     _check_vjp(op, reference.mhc_post_reference, (x, y, h_post, h_res), key, dtype)
 
 
-class TestXla(PreMixin, PostMixin):
+class TestXla(CoefficientsMixin, PreMixin, PostMixin):
   IMPL = "xla"
 
 
-class TestPallas(PreMixin, PostMixin):
+class TestPallas(CoefficientsMixin, PreMixin, PostMixin):
   IMPL = "pallas"
 
   def test_float64_is_refused_with_a_clear_error(self, x64):
     x = jnp.ones((2, 4, 8), jnp.float64)
     with pytest.raises(ValueError, match="pallas.*float64"):
       ops.mhc_pre(x, jnp.ones((2, 4)), implementation="pallas")
+    with pytest.raises(ValueError, match="pallas.*float64"):
+      ops.mhc_coefficients(x, jnp.ones((32, 24)), jnp.ones(3), jnp.ones(24), implementation="pallas")
+
+  def test_implicit_sinkhorn_gradient_is_refused(self):
+    x = jnp.ones((2, 4, 8))
+    with pytest.raises(ValueError, match="sinkhorn_grad='implicit'"):
+      ops.mhc_coefficients(x, jnp.ones((32, 24)), jnp.ones(3), jnp.ones(24), sinkhorn_grad="implicit",
+                           implementation="pallas")
 
   def test_mhc_layer_matches_xla(self):
     from flax import nnx
@@ -116,26 +145,36 @@ def _triton_kernels(fn, *args) -> list[str]:
   return [re.search(r'name = "(\w+)"', line).group(1) for line in calls]
 
 
-def _block(x, y, h_pre, h_post, h_res):
+FORWARD_KERNELS = ["_coef_fwd_kernel", "_post_fwd_kernel", "_pre_fwd_kernel"]
+BACKWARD_KERNELS = ["_coef_bwd_kernel", "_post_bwd_kernel", "_pre_bwd_kernel"]
+
+
+def _block(x, y, phi, alpha, bias):
+  """One mHC sublayer on the Pallas kernels, with ``y`` standing in for the sublayer."""
+  h_pre, h_post, h_res = ops.mhc_coefficients(x, phi, alpha, bias, implementation="pallas")
   u = ops.mhc_pre(x, h_pre, implementation="pallas")
   return jnp.sum(ops.mhc_post(x, u * y, h_post, h_res, implementation="pallas") ** 2)
 
 
+def _block_inputs(n, c, dtype):
+  x, y, *_ = _inputs(n, c, dtype)
+  k = ops.num_coefficients(n)
+  return x, y, jnp.full((n * c, k), 0.01), jnp.ones(3), jnp.zeros(k)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_kernel_lowers_to_triton_for_cuda(dtype):
-  x, y, h_pre, h_post, h_res, _ = _inputs(4, 300, dtype)
-  names = _triton_kernels(jax.grad(_block, argnums=(0, 1, 2, 3, 4)), x, y, h_pre, h_post, h_res)
-  assert sorted(names) == ["_post_bwd_kernel", "_post_fwd_kernel", "_pre_bwd_kernel", "_pre_fwd_kernel"]
+  names = _triton_kernels(jax.grad(_block, argnums=(0, 1, 2, 3, 4)), *_block_inputs(4, 300, dtype))
+  assert sorted(names) == sorted(FORWARD_KERNELS + BACKWARD_KERNELS)
 
 
 def test_remat_replays_the_forward_kernels():
   """value_and_grad under jax.checkpoint: the forward kernels run again inside the backward."""
-  args = _inputs(4, 37, jnp.bfloat16)[:5]
+  args = _block_inputs(4, 37, jnp.bfloat16)
   grad = lambda f: jax.value_and_grad(f, argnums=(0, 1, 2, 3, 4))
   plain = _triton_kernels(grad(_block), *args)
   remat = _triton_kernels(grad(jax.checkpoint(_block)), *args)
-  count = lambda names, k: names.count(k)
-  for k in ("_pre_fwd_kernel", "_post_fwd_kernel"):
-    assert (count(plain, k), count(remat, k)) == (1, 2)
-  for k in ("_pre_bwd_kernel", "_post_bwd_kernel"):
-    assert (count(plain, k), count(remat, k)) == (1, 1)
+  for k in FORWARD_KERNELS:
+    assert (plain.count(k), remat.count(k)) == (1, 2), k
+  for k in BACKWARD_KERNELS:
+    assert (plain.count(k), remat.count(k)) == (1, 1), k

@@ -1,5 +1,6 @@
 """Pallas GPU kernels (Triton lowering) for the mHC ops; interpret mode off-GPU."""
 
+from mhc_jax.ops.pallas.coefficients import Config, coefficients, padded_width
 from mhc_jax.ops.pallas.stream import post_bwd, post_fwd, pre_bwd, pre_fwd
 
-__all__ = ["post_bwd", "post_fwd", "pre_bwd", "pre_fwd"]
+__all__ = ["Config", "coefficients", "padded_width", "post_bwd", "post_fwd", "pre_bwd", "pre_fwd"]

@@ -1,0 +1,207 @@
+"""Time every implementation of the three mHC ops against the memory-traffic floor.
+
+    python experiments/bench_kernels.py [--shapes 16384x4x4096 ...] [--dtype bfloat16]
+                                        [--impls xla pallas] [--repeats 20] [--out runs/bench_kernels]
+
+For each shape ``T x n x C`` (tokens, streams, width), op (coefficients, pre, post),
+implementation and mode it jits the public op (``mhc_jax.ops``) and takes the median time:
+
+  * ``fwd``: the op alone;
+  * ``fwd+bwd``: the outputs and the VJP of random cotangents, in one jitted function.
+
+The floor is SPEC section 5's memory-traffic limit: every input read once and every output
+written once (for ``fwd+bwd``, also the cotangents and the gradients), e.g. ``(n+1)C``
+elements per token for the pre-apply forward. ``GB/s`` is floor bytes over time, and
+``of copy`` divides it by the device's measured copy bandwidth (an ``a + 1`` over a large
+array, read and write). The bare ``v @ phi`` GEMM is timed too: the coefficient kernel's
+target is < 1.5x its time. Writes ``kernels.csv`` and ``kernels.png`` to ``--out``.
+
+On a CPU the Pallas kernels run in interpret mode: correct numbers, but their timings mean
+nothing (each program is simulated op by op). Run this on a GPU for the real comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import pathlib
+import statistics
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from mhc_jax import ops  # noqa: E402
+
+GPU_SHAPES = ["16384x4x4096", "16384x4x2048", "4096x4x4096", "16384x2x4096", "8192x8x2048"]
+CPU_SHAPES = ["1024x4x512"]
+OPS = ("coefficients", "pre", "post")
+
+
+def _median_s(fn, args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))  # compile and warm up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _nbytes(tree) -> int:
+  return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
+
+
+def copy_bandwidth(repeats: int, mib: int) -> float:
+  """Bytes/s of ``a + 1`` over a ``mib`` MiB fp32 array (one read and one write per element)."""
+  a = jnp.zeros((mib * 2**20 // 4,), jnp.float32)
+  return 2 * a.nbytes / _median_s(jax.jit(lambda a: a + 1), (a,), repeats)
+
+
+def _inputs(t: int, n: int, c: int, dtype):
+  k = jax.random.split(jax.random.PRNGKey(0), 8)
+  kk = ops.num_coefficients(n)
+  return {
+      "x": jax.random.normal(k[0], (t, n, c)).astype(dtype),
+      "y": jax.random.normal(k[1], (t, c)).astype(dtype),
+      "phi": jax.random.normal(k[2], (n * c, kk)) / np.sqrt(n * c),
+      "alpha": jnp.array([0.5, 0.5, 1.0]),
+      "bias": 0.1 * jax.random.normal(k[3], (kk,)),
+      "h_pre": jax.random.uniform(k[4], (t, n)),
+      "h_post": 2 * jax.random.uniform(k[5], (t, n)),
+      "h_res": jax.nn.softmax(jax.random.normal(k[6], (t, n, n)), axis=-1),
+  }
+
+
+def _op(name: str, impl: str, inp):
+  """(function, its differentiable arguments) for one public op."""
+  if name == "coefficients":
+    return (lambda x, phi, alpha, bias: ops.mhc_coefficients(x, phi, alpha, bias, implementation=impl),
+            (inp["x"], inp["phi"], inp["alpha"], inp["bias"]))
+  if name == "pre":
+    return lambda x, h: ops.mhc_pre(x, h, implementation=impl), (inp["x"], inp["h_pre"])
+  return (lambda x, y, hp, hr: ops.mhc_post(x, y, hp, hr, implementation=impl),
+          (inp["x"], inp["y"], inp["h_post"], inp["h_res"]))
+
+
+def _timed(fn, args, mode: str, repeats: int) -> tuple[float, int]:
+  """(seconds, floor bytes) of ``fn`` in ``mode``."""
+  out = jax.eval_shape(fn, *args)
+  if mode == "fwd":
+    return _median_s(jax.jit(fn), args, repeats), _nbytes(args) + _nbytes(out)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(jax.tree.leaves(out)))
+  cot = jax.tree.unflatten(jax.tree.structure(out), [
+      jax.random.normal(k, o.shape).astype(o.dtype) for k, o in zip(keys, jax.tree.leaves(out))])
+
+  def fwd_bwd(args, cot):
+    y, vjp = jax.vjp(fn, *args)
+    return y, vjp(cot)
+
+  seconds = _median_s(jax.jit(fwd_bwd), (args, cot), repeats)
+  return seconds, 2 * _nbytes(args) + 2 * _nbytes(out)  # inputs + grads, outputs + cotangents
+
+
+def run(args) -> list[dict]:
+  device = jax.devices()[0]
+  on_cpu = device.platform == "cpu"
+  shapes = args.shapes or (CPU_SHAPES if on_cpu else GPU_SHAPES)
+  if on_cpu and "pallas" in args.impls:
+    print("NOTE: on a CPU the Pallas kernels run in interpret mode; their timings mean nothing.")
+  copy_bw = copy_bandwidth(args.repeats, 64 if on_cpu else 1024)
+  print(f"device: {device.device_kind}, copy bandwidth {copy_bw / 1e9:.1f} GB/s")
+  rows = []
+  work = [(s, op, impl, mode) for s in shapes for op in OPS for impl in args.impls
+          for mode in ("fwd", "fwd+bwd")]
+  dtype = jnp.dtype(args.dtype)
+  inputs = {}
+  for shape, op, impl, mode in tqdm(work, desc="kernels", unit="case"):
+    t, n, c = map(int, shape.split("x"))
+    if shape not in inputs:
+      inputs = {shape: _inputs(t, n, c, dtype)}  # one shape's arrays alive at a time
+      inp = inputs[shape]
+      v = inp["x"].reshape(t, n * c)
+      gemm = jax.jit(lambda v, phi: jnp.dot(v.astype(jnp.float32), phi))
+      secs = _median_s(gemm, (v, inp["phi"]), args.repeats)
+      rows.append(_row(device, shape, dtype, "v@phi GEMM", "xla", "fwd", secs,
+                       _nbytes((v, inp["phi"])) + t * ops.num_coefficients(n) * 4, copy_bw))
+    fn, fargs = _op(op, impl, inputs[shape])
+    secs, floor = _timed(fn, fargs, mode, args.repeats)
+    rows.append(_row(device, shape, dtype, op, impl, mode, secs, floor, copy_bw))
+  for r in rows:  # ratios within this run
+    ref = [q for q in rows if (q["shape"], q["op"], q["mode"], q["impl"]) ==
+           (r["shape"], r["op"], r["mode"], "xla")]
+    r["x_xla"] = round(r["ms"] / ref[0]["ms"], 3) if ref else ""
+    gemm = [q for q in rows if q["shape"] == r["shape"] and q["op"] == "v@phi GEMM"]
+    r["x_gemm"] = round(r["ms"] / gemm[0]["ms"], 3) if r["op"] == "coefficients" else ""
+  return rows
+
+
+def _row(device, shape, dtype, op, impl, mode, secs, floor, copy_bw) -> dict:
+  return {"device": device.device_kind, "shape": shape, "dtype": dtype.name, "op": op, "impl": impl,
+          "mode": mode, "ms": round(secs * 1e3, 4), "floor_MB": round(floor / 1e6, 2),
+          "GBps": round(floor / secs / 1e9, 1), "of_copy": round(floor / secs / copy_bw, 3)}
+
+
+def write(rows: list[dict], out: pathlib.Path) -> None:
+  out.mkdir(parents=True, exist_ok=True)
+  with open(out / "kernels.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  header = f"{'shape':>14} {'op':>12} {'mode':>8} {'impl':>7} {'ms':>9} {'GB/s':>7} {'of copy':>7} {'x xla':>6} {'x gemm':>6}"
+  print(header)
+  for r in rows:
+    print(f"{r['shape']:>14} {r['op']:>12} {r['mode']:>8} {r['impl']:>7} {r['ms']:9.3f} {r['GBps']:7.1f} "
+          f"{r['of_copy']:7.3f} {r['x_xla']!s:>6} {r['x_gemm']!s:>6}")
+  _plot(rows, out / "kernels.png")
+  print(f"wrote {out / 'kernels.csv'} and {out / 'kernels.png'}")
+
+
+def _plot(rows: list[dict], path: pathlib.Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  shapes = list(dict.fromkeys(r["shape"] for r in rows))
+  impls = list(dict.fromkeys(r["impl"] for r in rows if r["op"] in OPS))
+  cases = [(op, mode) for op in OPS for mode in ("fwd", "fwd+bwd")]
+  fig, axes = plt.subplots(len(shapes), 1, figsize=(9, 3 * len(shapes)), squeeze=False)
+  width = 0.8 / len(impls)
+  for ax, shape in zip(axes[:, 0], shapes):
+    for i, impl in enumerate(impls):
+      vals = [next((r["of_copy"] for r in rows if (r["shape"], r["op"], r["mode"], r["impl"]) ==
+                    (shape, op, mode, impl)), 0.0) for op, mode in cases]
+      ax.bar(np.arange(len(cases)) + i * width, vals, width, label=impl)
+    ax.axhline(0.7, color="gray", ls="--", lw=1, label="70% target")
+    ax.set_xticks(np.arange(len(cases)) + width * (len(impls) - 1) / 2,
+                  [f"{op}\n{mode}" for op, mode in cases])
+    ax.set_ylabel("floor bytes/s ÷ copy")
+    ax.set_title(f"T x n x C = {shape} ({rows[0]['dtype']}, {rows[0]['device']})")
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--shapes", nargs="+", help="T x n x C, e.g. 16384x4x4096 (default: by backend)")
+  parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  parser.add_argument("--impls", nargs="+", default=["xla", "pallas"],
+                      choices=[i for i in ops.IMPLEMENTATIONS if i != "auto"])
+  parser.add_argument("--repeats", type=int, default=20)
+  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/bench_kernels"))
+  args = parser.parse_args()
+  for s in args.shapes or []:
+    if len(s.split("x")) != 3 or not all(p.isdigit() and int(p) > 0 for p in s.split("x")):
+      parser.error(f"--shapes: expected T x n x C like 16384x4x4096, got {s!r}")
+  write(run(args), args.out)
+
+
+if __name__ == "__main__":
+  main()
