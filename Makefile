@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Triton, jax-triton and the CUDA plugin's lowering library, kept out of the main environment
+# (the plugin makes every `import jax` look for CUDA): only the Triton tests' subprocesses see it.
+TRITON := $(VENV)/triton-tooling
 
 .PHONY: install train test bench bench-step bench-kernels trio clean
 
@@ -22,8 +25,13 @@ trio: $(STAMP)  ## the matched residual / HC / mHC runs behind the README's resu
 	  $(BIN)/python experiments/train.py --config configs/small_$${c}_cpu.py --workdir runs/small_$${c}_cpu || exit 1; \
 	done
 
-test: $(STAMP)  ## run the test suite on the CPU (8 fake devices)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+$(TRITON)/.installed: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps --target $(TRITON) 'jax-triton>=0.3.1,<0.4' 'triton>=3.6,<4' \
+	  "jax-cuda12-plugin==$$($(BIN)/python -c 'import jax; print(jax.__version__)')"
+	touch $@
+
+test: $(STAMP) $(TRITON)/.installed  ## run the test suite on the CPU (8 fake devices)
+	MHC_TRITON_PATH=$(abspath $(TRITON)) $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)  ## Sinkhorn gradient-mode benchmark (time and memory, ratios vs autodiff)
 	$(BIN)/python experiments/bench_sinkhorn.py

@@ -9,6 +9,9 @@ implementation and mode it jits the public op (``mhc_jax.ops``) and takes the me
   * ``fwd``: the op alone;
   * ``fwd+bwd``: the outputs and the VJP of random cotangents, in one jitted function.
 
+The ``triton`` implementation covers the Sinkhorn (inside the coefficients) and post only;
+its ``pre`` row is the xla path.
+
 The floor is SPEC section 5's memory-traffic limit: every input read once and every output
 written once (for ``fwd+bwd``, also the cotangents and the gradients), e.g. ``(n+1)C``
 elements per token for the pre-apply forward. ``GB/s`` is floor bytes over time, and
@@ -192,15 +195,25 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--shapes", nargs="+", help="T x n x C, e.g. 16384x4x4096 (default: by backend)")
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-  parser.add_argument("--impls", nargs="+", default=["xla", "pallas"],
-                      choices=[i for i in ops.IMPLEMENTATIONS if i != "auto"])
+  parser.add_argument("--impls", nargs="+", choices=[i for i in ops.IMPLEMENTATIONS if i != "auto"],
+                      help="default: xla and pallas, plus triton on a GPU with jax-triton installed")
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/bench_kernels"))
   args = parser.parse_args()
   for s in args.shapes or []:
     if len(s.split("x")) != 3 or not all(p.isdigit() and int(p) > 0 for p in s.split("x")):
       parser.error(f"--shapes: expected T x n x C like 16384x4x4096, got {s!r}")
+  if args.impls is None:
+    args.impls = ["xla", "pallas"] + (["triton"] if _triton_available() else [])
   write(run(args), args.out)
+
+
+def _triton_available() -> bool:
+  try:
+    ops.resolve_implementation("triton")
+    return True
+  except (ValueError, ImportError):
+    return False
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ Every op takes ``implementation=``:
     mode elsewhere; fp32/bf16/fp16 streams): the coefficient kernel (GEMM + RMS + gates +
     Sinkhorn in one pass, the Sinkhorn VJP replayed on-chip; exact Sinkhorn gradient only),
     the pre-apply and the post/res merge, each forward and backward;
+  * ``"triton"``: jax-triton kernels (:mod:`mhc_jax.ops.triton_kernels`, GPUs only, the
+    optional ``[triton]`` extra) for the Sinkhorn inside ``mhc_coefficients`` (the projection
+    stays with XLA) and for ``mhc_post``; ``mhc_pre`` runs the xla path;
   * ``"auto"``: ``"xla"`` today on every backend. On CPUs XLA is the fastest (the kernels
     only run interpreted). On GPUs the kernels are checked in interpret mode and lowered to
     Triton, but not yet timed on a GPU, so ``"auto"`` does not pick them yet.
@@ -23,16 +26,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mhc_jax.ops import _checks, pallas
+from mhc_jax.ops import _checks, pallas, triton_kernels
 from mhc_jax.ops._projection import rms_projection
 from mhc_jax.ops.sinkhorn import sinkhorn_knopp
 
-IMPLEMENTATIONS = ("auto", "xla", "pallas")
+IMPLEMENTATIONS = ("auto", "xla", "pallas", "triton")
 
 
 def resolve_implementation(implementation: str) -> str:
-  """Maps ``"auto"`` to a concrete implementation and rejects unknown names."""
+  """Maps ``"auto"`` to a concrete implementation; rejects unknown names and unusable ones."""
   _checks.check_choice("implementation", implementation, IMPLEMENTATIONS)
+  if implementation == "triton":
+    if jax.default_backend() != "gpu":
+      raise ValueError(f"implementation='triton' runs on GPUs only (jax-triton has no CPU mode); the "
+                       f"backend is {jax.default_backend()!r}: use 'pallas' (interpret mode) or 'xla'")
+    triton_kernels._modules()  # an ImportError that says how to install them
   return "xla" if implementation == "auto" else implementation
 
 
@@ -85,8 +93,8 @@ def mhc_coefficients(
   n, c = _check_stream(x, impl)
   for name, a in (("phi", phi), ("alpha", alpha), ("bias", bias)):
     _checks.check_float(name, a)
-  if impl == "pallas" and sinkhorn_grad != "exact":
-    raise ValueError(f"implementation='pallas' computes the exact Sinkhorn gradient on-chip; "
+  if impl in ("pallas", "triton") and sinkhorn_grad != "exact":
+    raise ValueError(f"implementation={impl!r} computes the exact Sinkhorn gradient on-chip; "
                      f"sinkhorn_grad={sinkhorn_grad!r} needs implementation='xla'")
   k = num_coefficients(n)
   _checks.check_shape("phi", phi, (n * c, k), f"[N*C, N*N+2N] for N={n}, C={c}")
@@ -106,6 +114,8 @@ def mhc_coefficients(
   h_pre = jax.nn.sigmoid(logits[..., :n]) + pre_eps
   h_post = post_mult * jax.nn.sigmoid(logits[..., n:2 * n])
   res_logits = logits[..., 2 * n:].reshape(logits.shape[:-1] + (n, n))
+  if impl == "triton":
+    return h_pre, h_post, triton_kernels.sinkhorn(res_logits, num_iters, float(sinkhorn_eps))
   h_res = sinkhorn_knopp(res_logits, num_iters=num_iters, eps=sinkhorn_eps, grad=sinkhorn_grad)
   return h_pre, h_post, h_res
 
@@ -195,8 +205,10 @@ def _with_vjp(fwd, bwd):
   return op
 
 
-_PRE = {"xla": _with_vjp(_pre_xla, _pre_bwd_xla), "pallas": _with_vjp(pallas.pre_fwd, pallas.pre_bwd)}
-_POST = {"xla": _with_vjp(_post_xla, _post_bwd_xla), "pallas": _with_vjp(pallas.post_fwd, pallas.post_bwd)}
+_PRE_XLA = _with_vjp(_pre_xla, _pre_bwd_xla)
+_PRE = {"xla": _PRE_XLA, "pallas": _with_vjp(pallas.pre_fwd, pallas.pre_bwd), "triton": _PRE_XLA}
+_POST = {"xla": _with_vjp(_post_xla, _post_bwd_xla), "pallas": _with_vjp(pallas.post_fwd, pallas.post_bwd),
+         "triton": triton_kernels.post}
 
 
 def _check_stream(x, impl: str) -> tuple[int, int]:

@@ -1,0 +1,126 @@
+"""jax-triton launches of the Triton kernels in :mod:`.kernels` (``implementation="triton"``).
+
+GPU only, and optional: ``pip install 'mhc_jax[triton]'`` brings jax-triton and Triton.
+Nothing here is imported until an op asks for ``implementation="triton"``. Covers the
+Sinkhorn (forward and exact backward, iterations replayed on-chip) and the post/res merge
+(forward and backward), each with a custom VJP that saves only the op's inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+INSTALL_HINT = ("implementation='triton' needs the optional jax-triton kernels: "
+                "pip install 'mhc_jax[triton]' (with a CUDA build of jax)")
+
+
+def _modules():
+  """(jax_triton, kernels), or an ImportError that says how to install them."""
+  try:
+    import jax_triton
+    import triton  # noqa: F401
+  except ImportError as e:
+    raise ImportError(f"{INSTALL_HINT}; import failed: {e}") from e
+  from mhc_jax.ops.triton_kernels import kernels
+  return jax_triton, kernels
+
+
+def _launch(kernel_name: str, args, out_shape, grid, **params):
+  jt, kernels = _modules()
+  # On a machine without a GPU (lowering for CUDA ahead of time) compile for sm_90.
+  target = None if jax.default_backend() == "gpu" else 90
+  return jt.triton_call(*args, kernel=getattr(kernels, kernel_name), out_shape=out_shape,
+                        grid=grid, num_warps=4, num_stages=1, compute_capability=target, **params)
+
+
+def _cdiv(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+# ------------------------------------------------------------------------ Sinkhorn
+
+
+def _sinkhorn_fwd_call(l_TxM, n, num_iters, eps):
+  _, kernels = _modules()
+  np_, block_t = kernels.sinkhorn_blocks(n)
+  t = l_TxM.shape[0]
+  return _launch("sinkhorn_fwd_kernel", (l_TxM, t), jax.ShapeDtypeStruct(l_TxM.shape, jnp.float32),
+                 (_cdiv(t, block_t),), N=n, NP=np_, ITERS=num_iters, EPS=eps, BLOCK_T=block_t)
+
+
+def _sinkhorn_bwd_call(l_TxM, g_TxM, n, num_iters, eps):
+  _, kernels = _modules()
+  np_, block_t = kernels.sinkhorn_blocks(n)
+  t = l_TxM.shape[0]
+  return _launch("sinkhorn_bwd_kernel", (l_TxM, g_TxM, t),
+                 jax.ShapeDtypeStruct(l_TxM.shape, jnp.float32), (_cdiv(t, block_t),),
+                 N=n, NP=np_, ITERS=num_iters, EPS=eps, BLOCK_T=block_t)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def sinkhorn(logits_XxNxN, num_iters: int, eps: float):
+  """DeepSeek's Sinkhorn sequence (as :func:`mhc_jax.ops.sinkhorn_knopp`) in fp32."""
+  return _sinkhorn_fwd(logits_XxNxN, num_iters, eps)[0]
+
+
+def _sinkhorn_fwd(logits, num_iters, eps):
+  n = logits.shape[-1]
+  l_TxM = logits.astype(jnp.float32).reshape(-1, n * n)
+  return _sinkhorn_fwd_call(l_TxM, n, num_iters, eps).reshape(logits.shape), logits
+
+
+def _sinkhorn_bwd(num_iters, eps, logits, g):
+  n = logits.shape[-1]
+  l_TxM = logits.astype(jnp.float32).reshape(-1, n * n)
+  g_TxM = g.astype(jnp.float32).reshape(-1, n * n)
+  g_l = _sinkhorn_bwd_call(l_TxM, g_TxM, n, num_iters, eps)
+  return (g_l.reshape(logits.shape).astype(logits.dtype),)
+
+
+sinkhorn.defvjp(_sinkhorn_fwd, _sinkhorn_bwd)
+
+
+# ---------------------------------------------------------------------------- post
+
+
+def _flat(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN):
+  *batch, n, c = x_XxNxC.shape
+  t = math.prod(batch)
+  f32 = jnp.float32
+  return (t, n, c), (x_XxNxC.reshape(t, n * c), y_XxC.reshape(t, c),
+                     h_post_XxN.astype(f32).reshape(t, n), h_res_XxNxN.astype(f32).reshape(t, n * n))
+
+
+def post_fwd(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN):
+  _, kernels = _modules()
+  (t, n, c), flat = _flat(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN)
+  np_, block_t, block_c = kernels.post_blocks(n, c)
+  out = _launch("post_fwd_kernel", (*flat, t, c), jax.ShapeDtypeStruct((t, n * c), x_XxNxC.dtype),
+                (_cdiv(t, block_t),), N=n, NP=np_, BLOCK_T=block_t, BLOCK_C=block_c)
+  return out.reshape(x_XxNxC.shape)
+
+
+def post_bwd(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN, g_XxNxC):
+  _, kernels = _modules()
+  args = (x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN)
+  (t, n, c), flat = _flat(*args)
+  np_, block_t, block_c = kernels.post_blocks(n, c)
+  f32 = jnp.float32
+  out = (jax.ShapeDtypeStruct((t, n * c), x_XxNxC.dtype), jax.ShapeDtypeStruct((t, c), y_XxC.dtype),
+         jax.ShapeDtypeStruct((t, n), f32), jax.ShapeDtypeStruct((t, n * n), f32))
+  grads = _launch("post_bwd_kernel", (*flat, g_XxNxC.reshape(t, n * c), t, c), out,
+                  (_cdiv(t, block_t),), N=n, NP=np_, BLOCK_T=block_t, BLOCK_C=block_c)
+  return tuple(g.reshape(a.shape).astype(a.dtype) for g, a in zip(grads, args))
+
+
+@jax.custom_vjp
+def post(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN):
+  """``x'_k = sum_j h_res[k, j] x_j + h_post[k] y`` in x's dtype (as ``mhc_post``)."""
+  return post_fwd(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN)
+
+
+post.defvjp(lambda *args: (post_fwd(*args), args), lambda args, g: post_bwd(*args, g))
