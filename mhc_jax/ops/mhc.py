@@ -83,7 +83,8 @@ def mhc_coefficients(
     pre_eps: added to sigmoid for H_pre (DeepSeek: 1e-6).
     post_mult: H_post = post_mult * sigmoid (paper and DeepSeek-V4: 2).
     rms_eps: epsilon of the RMS taken over the flattened N*C vector.
-    implementation: ``"auto"`` | ``"xla"`` | ``"pallas"`` (``sinkhorn_grad="exact"`` only).
+    implementation: ``"auto"`` | ``"xla"`` | ``"pallas"`` | ``"triton"`` (the kernels compute
+      the exact Sinkhorn gradient: ``sinkhorn_grad="exact"`` only).
 
   Returns:
     ``(h_pre [..., N], h_post [..., N], h_res [..., N, N])`` in fp32 (fp64 for fp64 input).
