@@ -1,6 +1,7 @@
 """Train-step time of the residual, HC and mHC variants of one LM, interleaved in one process.
 
-    python experiments/bench_step.py [--widths 256 512] [--num_layers 4] [--repeats 10] [--scan_layers]
+    python experiments/bench_step.py [--widths 256 512] [--num_layers 4] [--repeats 10] [--dtype bfloat16]
+                                     [--scan_layers]
 
 For each width it builds the three variants with the library's own train step
 (``mhc_jax.train.trainer.make_train_step``: AdamW, clipping, donation), warms them up, then
@@ -45,7 +46,7 @@ def bench_width(args, width: int) -> None:
   for connection in CONNECTIONS:
     cfg = TrainConfig(model=ModelConfig(connection=connection, num_streams=args.n, d_model=width,
                                         num_layers=args.num_layers, num_heads=max(1, width // 64),
-                                        scan_layers=args.scan_layers),
+                                        scan_layers=args.scan_layers, dtype=args.dtype),
                       seq_len=args.seq_len, batch_size=args.batch_size)
     tx = make_optimizer(cfg)
     graphdef, state = trainer.init_state(cfg, tx)
@@ -65,7 +66,7 @@ def bench_width(args, width: int) -> None:
 
   tokens = args.batch_size * args.seq_len
   base = statistics.median(runs["residual"]["times"])
-  print(f"\nwidth {width}, {args.num_layers} blocks, n = {args.n}, batch {args.batch_size} x seq "
+  print(f"\nwidth {width}, {args.dtype}, {args.num_layers} blocks, n = {args.n}, batch {args.batch_size} x seq "
         f"{args.seq_len}, {'scanned' if args.scan_layers else 'unrolled'} blocks, median of {args.repeats} "
         f"interleaved steps on {jax.devices()[0].device_kind}")
   print(f"{'connection':>10} | {'ms/step':>8} | {'tokens/s':>9} | {'x residual':>10} | {'peak scratch MiB':>16}")
@@ -90,6 +91,8 @@ def main() -> None:
   parser.add_argument("--seq_len", type=int, default=256)
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="activations and stream state (parameters stay fp32)")
   parser.add_argument("--scan_layers", action="store_true",
                       help="run the blocks with lax.scan (default: unrolled, as the CPU configs do)")
   args = parser.parse_args()
