@@ -117,37 +117,39 @@ def run(args) -> list[dict]:
     print("NOTE: on a CPU the Pallas kernels run in interpret mode; their timings mean nothing.")
   copy_bw = copy_bandwidth(args.repeats, 64 if on_cpu else 1024)
   print(f"device: {device.device_kind}, copy bandwidth {copy_bw / 1e9:.1f} GB/s")
-  rows = []
-  work = [(s, op, impl, mode) for s in shapes for op in OPS for impl in args.impls
-          for mode in ("fwd", "fwd+bwd")]
   dtype = jnp.dtype(args.dtype)
-  inputs = {}
-  for shape, op, impl, mode in tqdm(work, desc="kernels", unit="case"):
+  impls = sorted(args.impls, key=lambda i: i != "xla")  # xla first: the others' ratios need it
+  cases = [(op, impl, mode) for op in OPS for impl in impls for mode in ("fwd", "fwd+bwd")]
+  bar = tqdm(total=len(shapes) * len(cases), desc="kernels", unit="case")
+  rows = []
+  for shape in shapes:  # one shape's arrays alive at a time
     t, n, c = map(int, shape.split("x"))
-    if shape not in inputs:
-      inputs = {shape: _inputs(t, n, c, dtype)}  # one shape's arrays alive at a time
-      inp = inputs[shape]
-      v = inp["x"].reshape(t, n * c)
-      gemm = jax.jit(lambda v, phi: jnp.dot(v.astype(jnp.float32), phi))
-      secs = _median_s(gemm, (v, inp["phi"]), args.repeats)
-      rows.append(_row(device, shape, dtype, "v@phi GEMM", "xla", "fwd", secs,
-                       _nbytes((v, inp["phi"])) + t * ops.num_coefficients(n) * 4, copy_bw))
-    fn, fargs = _op(op, impl, inputs[shape])
-    secs, floor = _timed(fn, fargs, mode, args.repeats)
-    rows.append(_row(device, shape, dtype, op, impl, mode, secs, floor, copy_bw))
-  for r in rows:  # ratios within this run
-    ref = [q for q in rows if (q["shape"], q["op"], q["mode"], q["impl"]) ==
-           (r["shape"], r["op"], r["mode"], "xla")]
-    r["x_xla"] = round(r["ms"] / ref[0]["ms"], 3) if ref else ""
-    gemm = [q for q in rows if q["shape"] == r["shape"] and q["op"] == "v@phi GEMM"]
-    r["x_gemm"] = round(r["ms"] / gemm[0]["ms"], 3) if r["op"] == "coefficients" else ""
+    inp = _inputs(t, n, c, dtype)
+    v = inp["x"].reshape(t, n * c)
+    gemm_s = _median_s(jax.jit(lambda v, phi: jnp.dot(v.astype(jnp.float32), phi)), (v, inp["phi"]),
+                       args.repeats)
+    rows.append(_row(device, shape, dtype, "v@phi GEMM", "xla", "fwd", gemm_s,
+                     _nbytes((v, inp["phi"])) + t * ops.num_coefficients(n) * 4, copy_bw))
+    xla_ms = {}
+    for op, impl, mode in cases:
+      secs, floor = _timed(*_op(op, impl, inp), mode, args.repeats)
+      row = _row(device, shape, dtype, op, impl, mode, secs, floor, copy_bw)
+      if impl == "xla":
+        xla_ms[(op, mode)] = row["ms"]
+      ref = xla_ms.get((op, mode))
+      row["x_xla"] = round(row["ms"] / ref, 3) if ref else ""
+      row["x_gemm"] = round(secs / gemm_s, 3) if op == "coefficients" else ""
+      rows.append(row)
+      bar.update()
+  bar.close()
   return rows
 
 
 def _row(device, shape, dtype, op, impl, mode, secs, floor, copy_bw) -> dict:
   return {"device": device.device_kind, "shape": shape, "dtype": dtype.name, "op": op, "impl": impl,
           "mode": mode, "ms": round(secs * 1e3, 4), "floor_MB": round(floor / 1e6, 2),
-          "GBps": round(floor / secs / 1e9, 1), "of_copy": round(floor / secs / copy_bw, 3)}
+          "GBps": round(floor / secs / 1e9, 1), "of_copy": round(floor / secs / copy_bw, 3),
+          "x_xla": "", "x_gemm": ""}
 
 
 def write(rows: list[dict], out: pathlib.Path) -> None:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from mhc_jax.ops import _checks, pallas, triton_kernels
 from mhc_jax.ops._projection import rms_projection
+from mhc_jax.ops._vjp import saving_inputs
 from mhc_jax.ops.sinkhorn import sinkhorn_knopp
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas", "triton")
@@ -199,16 +200,10 @@ def _post_bwd_xla(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN, g_XxNxC):
   )
 
 
-def _with_vjp(fwd, bwd):
-  """A custom-VJP op that saves its inputs (in their own dtypes) and calls ``bwd(*inputs, g)``."""
-  op = jax.custom_vjp(fwd)
-  op.defvjp(lambda *args: (fwd(*args), args), lambda args, g: bwd(*args, g))
-  return op
-
-
-_PRE_XLA = _with_vjp(_pre_xla, _pre_bwd_xla)
-_PRE = {"xla": _PRE_XLA, "pallas": _with_vjp(pallas.pre_fwd, pallas.pre_bwd), "triton": _PRE_XLA}
-_POST = {"xla": _with_vjp(_post_xla, _post_bwd_xla), "pallas": _with_vjp(pallas.post_fwd, pallas.post_bwd),
+_PRE_XLA = saving_inputs(_pre_xla, _pre_bwd_xla)
+_PRE = {"xla": _PRE_XLA, "pallas": saving_inputs(pallas.pre_fwd, pallas.pre_bwd), "triton": _PRE_XLA}
+_POST = {"xla": saving_inputs(_post_xla, _post_bwd_xla),
+         "pallas": saving_inputs(pallas.post_fwd, pallas.post_bwd),
          "triton": triton_kernels.post}
 
 

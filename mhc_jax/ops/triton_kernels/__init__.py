@@ -13,6 +13,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from mhc_jax.ops._vjp import saving_inputs
 
 INSTALL_HINT = ("implementation='triton' needs the optional jax-triton kernels: "
                 "pip install 'mhc_jax[triton]' (with a CUDA build of jax)")
@@ -37,28 +40,16 @@ def _launch(kernel_name: str, args, out_shape, grid, **params):
                         grid=grid, num_warps=4, num_stages=1, compute_capability=target, **params)
 
 
-def _cdiv(a: int, b: int) -> int:
-  return -(-a // b)
-
-
 # ------------------------------------------------------------------------ Sinkhorn
 
 
-def _sinkhorn_fwd_call(l_TxM, n, num_iters, eps):
+def _sinkhorn_call(kernel_name: str, arrays_TxM, n, num_iters, eps):
+  """The forward (``arrays = (logits,)``) or backward (``(logits, g)``) kernel on ``[T, N*N]``."""
   _, kernels = _modules()
   np_, block_t = kernels.sinkhorn_blocks(n)
-  t = l_TxM.shape[0]
-  return _launch("sinkhorn_fwd_kernel", (l_TxM, t), jax.ShapeDtypeStruct(l_TxM.shape, jnp.float32),
-                 (_cdiv(t, block_t),), N=n, NP=np_, ITERS=num_iters, EPS=eps, BLOCK_T=block_t)
-
-
-def _sinkhorn_bwd_call(l_TxM, g_TxM, n, num_iters, eps):
-  _, kernels = _modules()
-  np_, block_t = kernels.sinkhorn_blocks(n)
-  t = l_TxM.shape[0]
-  return _launch("sinkhorn_bwd_kernel", (l_TxM, g_TxM, t),
-                 jax.ShapeDtypeStruct(l_TxM.shape, jnp.float32), (_cdiv(t, block_t),),
-                 N=n, NP=np_, ITERS=num_iters, EPS=eps, BLOCK_T=block_t)
+  t = arrays_TxM[0].shape[0]
+  return _launch(kernel_name, (*arrays_TxM, t), jax.ShapeDtypeStruct(arrays_TxM[0].shape, jnp.float32),
+                 (pl.cdiv(t, block_t),), N=n, NP=np_, ITERS=num_iters, EPS=eps, BLOCK_T=block_t)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -70,14 +61,15 @@ def sinkhorn(logits_XxNxN, num_iters: int, eps: float):
 def _sinkhorn_fwd(logits, num_iters, eps):
   n = logits.shape[-1]
   l_TxM = logits.astype(jnp.float32).reshape(-1, n * n)
-  return _sinkhorn_fwd_call(l_TxM, n, num_iters, eps).reshape(logits.shape), logits
+  p_TxM = _sinkhorn_call("sinkhorn_fwd_kernel", (l_TxM,), n, num_iters, eps)
+  return p_TxM.reshape(logits.shape), logits
 
 
 def _sinkhorn_bwd(num_iters, eps, logits, g):
   n = logits.shape[-1]
   l_TxM = logits.astype(jnp.float32).reshape(-1, n * n)
   g_TxM = g.astype(jnp.float32).reshape(-1, n * n)
-  g_l = _sinkhorn_bwd_call(l_TxM, g_TxM, n, num_iters, eps)
+  g_l = _sinkhorn_call("sinkhorn_bwd_kernel", (l_TxM, g_TxM), n, num_iters, eps)
   return (g_l.reshape(logits.shape).astype(logits.dtype),)
 
 
@@ -100,7 +92,7 @@ def post_fwd(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN):
   (t, n, c), flat = _flat(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN)
   np_, block_t, block_c = kernels.post_blocks(n, c)
   out = _launch("post_fwd_kernel", (*flat, t, c), jax.ShapeDtypeStruct((t, n * c), x_XxNxC.dtype),
-                (_cdiv(t, block_t),), N=n, NP=np_, BLOCK_T=block_t, BLOCK_C=block_c)
+                (pl.cdiv(t, block_t),), N=n, NP=np_, BLOCK_T=block_t, BLOCK_C=block_c)
   return out.reshape(x_XxNxC.shape)
 
 
@@ -113,14 +105,9 @@ def post_bwd(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN, g_XxNxC):
   out = (jax.ShapeDtypeStruct((t, n * c), x_XxNxC.dtype), jax.ShapeDtypeStruct((t, c), y_XxC.dtype),
          jax.ShapeDtypeStruct((t, n), f32), jax.ShapeDtypeStruct((t, n * n), f32))
   grads = _launch("post_bwd_kernel", (*flat, g_XxNxC.reshape(t, n * c), t, c), out,
-                  (_cdiv(t, block_t),), N=n, NP=np_, BLOCK_T=block_t, BLOCK_C=block_c)
+                  (pl.cdiv(t, block_t),), N=n, NP=np_, BLOCK_T=block_t, BLOCK_C=block_c)
   return tuple(g.reshape(a.shape).astype(a.dtype) for g, a in zip(grads, args))
 
 
-@jax.custom_vjp
-def post(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN):
-  """``x'_k = sum_j h_res[k, j] x_j + h_post[k] y`` in x's dtype (as ``mhc_post``)."""
-  return post_fwd(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN)
-
-
-post.defvjp(lambda *args: (post_fwd(*args), args), lambda args, g: post_bwd(*args, g))
+post = saving_inputs(post_fwd, post_bwd)
+"""``x'_k = sum_j h_res[k, j] x_j + h_post[k] y`` in x's dtype (as ``mhc_post``), custom VJP."""
