@@ -10,7 +10,7 @@ implementation and mode it jits the public op (``mhc_jax.ops``) and takes the me
   * ``fwd+bwd``: the outputs and the VJP of random cotangents, in one jitted function.
 
 The ``triton`` implementation covers the Sinkhorn (inside the coefficients) and post only;
-its ``pre`` row is the xla path.
+its ``pre`` row is the xla path. ``cpu`` is the C++ kernels (XLA:CPU custom calls).
 
 The floor is SPEC section 5's memory-traffic limit: every input read once and every output
 written once (for ``fwd+bwd``, also the cotangents and the gradients), e.g. ``(n+1)C``
@@ -19,8 +19,9 @@ elements per token for the pre-apply forward. ``GB/s`` is floor bytes over time,
 array, read and write). The bare ``v @ phi`` GEMM is timed too: the coefficient kernel's
 target is < 1.5x its time. Writes ``kernels.csv`` and ``kernels.png`` to ``--out``.
 
-On a CPU the Pallas kernels run in interpret mode: correct numbers, but their timings mean
-nothing (each program is simulated op by op). Run this on a GPU for the real comparison.
+Default implementations: xla and cpu on a CPU; xla, pallas (and triton when jax-triton is
+installed) on a GPU. On a CPU the Pallas kernels run in interpret mode (``--impls pallas``):
+correct numbers, but their timings mean nothing (each program is simulated op by op).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from mhc_jax import ops  # noqa: E402
 
 GPU_SHAPES = ["16384x4x4096", "16384x4x2048", "4096x4x4096", "16384x2x4096", "8192x8x2048"]
-CPU_SHAPES = ["1024x4x512"]
+CPU_SHAPES = ["4096x4x256", "1024x4x512"]
 OPS = ("coefficients", "pre", "post")
 
 
@@ -198,7 +199,7 @@ def main() -> None:
   parser.add_argument("--shapes", nargs="+", help="T x n x C, e.g. 16384x4x4096 (default: by backend)")
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   parser.add_argument("--impls", nargs="+", choices=[i for i in ops.IMPLEMENTATIONS if i != "auto"],
-                      help="default: xla and pallas, plus triton on a GPU with jax-triton installed")
+                      help="default: xla and cpu on a CPU; xla, pallas (and triton if installed) on a GPU")
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/bench_kernels"))
   args = parser.parse_args()
@@ -206,7 +207,8 @@ def main() -> None:
     if len(s.split("x")) != 3 or not all(p.isdigit() and int(p) > 0 for p in s.split("x")):
       parser.error(f"--shapes: expected T x n x C like 16384x4x4096, got {s!r}")
   if args.impls is None:
-    args.impls = ["xla", "pallas"] + (["triton"] if _triton_available() else [])
+    args.impls = ["xla"] + (["cpu"] if jax.default_backend() == "cpu" else
+                            ["pallas"] + (["triton"] if _triton_available() else []))
   write(run(args), args.out)
 
 

@@ -55,7 +55,8 @@ class _StreamConnection(nnx.Module):
     self.implementation = implementation
     self.capture_maps = capture_maps
 
-  def maps(self, x_XxNxC):
+  def maps(self, x_XxNxC, pass_stream: bool = False):
+    """``(h_pre, h_post, h_res)``, then x if ``pass_stream`` (see ``ops.mhc_coefficients``)."""
     raise NotImplementedError
 
   def __call__(self, x_XxNxC, *args, **kwargs):
@@ -66,12 +67,13 @@ class _StreamConnection(nnx.Module):
     if n == 1:
       y = self.sublayer(x_XxNxC[..., 0, :], *args, **kwargs)
       return x_XxNxC + y[..., None, :].astype(x_XxNxC.dtype)
-    h_pre, h_post, h_res = self.maps(x_XxNxC)
+    # The stream is passed from op to op so that the "cpu" kernels add its gradients in-kernel.
+    h_pre, h_post, h_res, x_XxNxC = self.maps(x_XxNxC, pass_stream=True)
     if self.capture_maps:
       self.h_pre = nnx.Intermediate(h_pre)
       self.h_post = nnx.Intermediate(h_post)
       self.h_res = nnx.Intermediate(h_res)
-    u_XxC = ops.mhc_pre(x_XxNxC, h_pre, implementation=self.implementation)
+    u_XxC, x_XxNxC = ops.mhc_pre(x_XxNxC, h_pre, implementation=self.implementation, pass_stream=True)
     y_XxC = self.sublayer(u_XxC, *args, **kwargs)
     return ops.mhc_post(x_XxNxC, y_XxC.astype(x_XxNxC.dtype), h_post, h_res,
                         implementation=self.implementation)
@@ -99,11 +101,12 @@ class HyperConnection(_StreamConnection):
       self.s_alpha = nnx.Param(jnp.asarray(gate_init, jnp.float32))
       self.s_beta = nnx.Param(jnp.asarray(gate_init, jnp.float32))
 
-  def maps(self, x_XxNxC):
+  def maps(self, x_XxNxC, pass_stream: bool = False):
     static = (self.a_pre[...], self.b_post[...], self.a_res[...])
     if not self.dynamic:
-      return ops.hc_coefficients(x_XxNxC, *static)
-    return ops.hc_coefficients(x_XxNxC, *static, self.w[...], self.s_alpha[...], self.s_beta[...])
+      return ops.hc_coefficients(x_XxNxC, *static, pass_stream=pass_stream)
+    return ops.hc_coefficients(x_XxNxC, *static, self.w[...], self.s_alpha[...], self.s_beta[...],
+                               implementation=self.implementation, pass_stream=pass_stream)
 
 
 class ManifoldHyperConnection(_StreamConnection):
@@ -142,11 +145,11 @@ class ManifoldHyperConnection(_StreamConnection):
       bias = bias.at[:n].set(pre).at[2 * n:].set(res)
     self.bias = nnx.Param(bias)
 
-  def maps(self, x_XxNxC):
+  def maps(self, x_XxNxC, pass_stream: bool = False):
     return ops.mhc_coefficients(
         x_XxNxC, self.phi[...], self.alpha[...], self.bias[...], num_iters=self.num_iters,
         sinkhorn_eps=self.sinkhorn_eps, sinkhorn_grad=self.sinkhorn_grad,
-        implementation=self.implementation)
+        implementation=self.implementation, pass_stream=pass_stream)
 
 
 CONNECTIONS = ("residual", "hc", "mhc")

@@ -15,8 +15,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mhc_jax.ops import _checks
+from mhc_jax.ops import _checks, cpu
 from mhc_jax.ops._projection import rms_projection
+from mhc_jax.ops.mhc import _concrete
 
 
 def hc_static_init(n: int, layer_index) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -35,7 +36,9 @@ def hc_coefficients(
     s_beta: jax.Array | float = 0.0,
     *,
     rms_eps: float = 1e-6,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    implementation: str = "auto",
+    pass_stream: bool = False,
+) -> tuple[jax.Array, ...]:
   """HC mixing maps for x ``[..., N, C]``; ``w=None`` gives static HC.
 
   Args:
@@ -43,9 +46,14 @@ def hc_coefficients(
     a_pre, b_post: ``[N]`` static parts; a_res: ``[N, N]`` (HC paper layout, transposed on use).
     w: ``[C, N + 2]`` dynamic weights, columns [pre | post | res (N)]; None for static HC.
     s_alpha, s_beta: scalar gates of the dynamic parts.
+    implementation: where the RMS projection runs: ``"cpu"`` (the C++ kernel, see
+      :mod:`mhc_jax.ops.mhc`), ``"auto"`` (that kernel on one CPU device for fp32 x, else
+      XLA), or any other implementation name (XLA).
+    pass_stream: also return x, last (see :func:`mhc_jax.ops.mhc_coefficients`).
 
   Returns:
-    ``(h_pre [..., N], h_post [..., N], h_res [..., N, N])`` in fp32, paper layout.
+    ``(h_pre [..., N], h_post [..., N], h_res [..., N, N])`` in fp32, paper layout, then x
+    if ``pass_stream``.
   """
   x = jnp.asarray(x)
   _checks.check_float("x", x)
@@ -57,13 +65,21 @@ def hc_coefficients(
   _checks.check_shape("a_res", a_res, (n, n))
   batch = x.shape[:-2]
   cdt = _checks.compute_dtype(x.dtype, a_res.dtype)
+  passed = (x,) if pass_stream else ()
   if w is None:
     return (jnp.broadcast_to(a_pre.astype(cdt), batch + (n,)),
             jnp.broadcast_to(b_post.astype(cdt), batch + (n,)),
-            jnp.broadcast_to(a_res.T.astype(cdt), batch + (n, n)))
+            jnp.broadcast_to(a_res.T.astype(cdt), batch + (n, n))) + passed
   _checks.check_shape("w", w, (c, n + 2), f"[C, N+2] for N={n}, C={c}")
-  z_XxNx2pN = jnp.tanh(rms_projection(x, w.astype(cdt), float(rms_eps)))
+  if _concrete(implementation, x) == "cpu":
+    passing = pass_stream and x.dtype == jnp.float32
+    out = cpu.rms_projection(x.astype(jnp.float32), w.astype(jnp.float32), float(rms_eps), passing)
+    if passing:
+      out, passed = out[0], (out[1],)
+    z_XxNx2pN = jnp.tanh(out)
+  else:
+    z_XxNx2pN = jnp.tanh(rms_projection(x, w.astype(cdt), float(rms_eps)))
   h_pre = s_alpha * z_XxNx2pN[..., 0] + a_pre
   h_post = s_beta * z_XxNx2pN[..., 1] + b_post
   h_res = jnp.swapaxes(s_alpha * z_XxNx2pN[..., 2:] + a_res, -1, -2)
-  return h_pre.astype(cdt), h_post.astype(cdt), h_res.astype(cdt)
+  return (h_pre.astype(cdt), h_post.astype(cdt), h_res.astype(cdt)) + passed

@@ -13,9 +13,14 @@ Every op takes ``implementation=``:
   * ``"triton"``: jax-triton kernels (:mod:`mhc_jax.ops.triton_kernels`, GPUs only, the
     optional ``[triton]`` extra) for the Sinkhorn inside ``mhc_coefficients`` (the projection
     stays with XLA) and for ``mhc_post``; ``mhc_pre`` runs the xla path;
-  * ``"auto"``: ``"xla"`` today on every backend. On CPUs XLA is the fastest (the kernels
-    only run interpreted). On GPUs the kernels are checked in interpret mode and lowered to
-    Triton, but not yet timed on a GPU, so ``"auto"`` does not pick them yet.
+  * ``"cpu"``: fused C++ kernels for XLA:CPU through ``jax.ffi`` (:mod:`mhc_jax.ops.cpu`,
+    compiled on first use; N <= 8, math in fp32): one pass per op, the coefficient kernel
+    doing GEMM + RMS + gates + Sinkhorn per token, its backward the exact Sinkhorn VJP;
+  * ``"auto"``: ``"cpu"`` on a single CPU device for fp32 streams with N <= 8, the exact
+    Sinkhorn gradient, and kernels that build (else ``"xla"``: XLA's partitioner would
+    all-gather a custom call's sharded operands); ``"xla"`` on GPUs and TPUs. The GPU kernels are checked in
+    interpret mode and lowered to Triton, but not yet timed on a GPU, so ``"auto"`` does
+    not pick them yet.
 The math runs in fp32 (fp64 for fp64 inputs) whatever the stream dtype; outputs of
 ``mhc_pre`` and ``mhc_post`` are stored in the stream dtype. Each op has a custom VJP that
 saves its inputs in their own dtype (an fp32 upcast of a bf16 stream is never stored).
@@ -26,23 +31,50 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mhc_jax.ops import _checks, pallas, triton_kernels
+from mhc_jax.ops import _checks, cpu, pallas, triton_kernels
 from mhc_jax.ops._projection import rms_projection
 from mhc_jax.ops._vjp import saving_inputs
 from mhc_jax.ops.sinkhorn import sinkhorn_knopp
 
-IMPLEMENTATIONS = ("auto", "xla", "pallas", "triton")
+IMPLEMENTATIONS = ("auto", "xla", "pallas", "triton", "cpu")
 
 
 def resolve_implementation(implementation: str) -> str:
-  """Maps ``"auto"`` to a concrete implementation; rejects unknown names and unusable ones."""
+  """Checks an implementation name and that it can run here; ``"auto"`` stays ``"auto"``.
+
+  ``"auto"`` is settled per call by the stream's dtype and N (see the module docstring).
+  """
   _checks.check_choice("implementation", implementation, IMPLEMENTATIONS)
   if implementation == "triton":
     if jax.default_backend() != "gpu":
       raise ValueError(f"implementation='triton' runs on GPUs only (jax-triton has no CPU mode); the "
                        f"backend is {jax.default_backend()!r}: use 'pallas' (interpret mode) or 'xla'")
     triton_kernels._modules()  # an ImportError that says how to install them
-  return "xla" if implementation == "auto" else implementation
+  if implementation == "cpu":
+    if jax.default_backend() != "cpu":
+      raise ValueError(f"implementation='cpu' runs on the CPU backend only; the backend is "
+                       f"{jax.default_backend()!r}: use 'xla', 'pallas' or 'triton'")
+    error = cpu.build_error()
+    if error is not None:
+      raise RuntimeError(f"implementation='cpu' is unavailable: {error}")
+  return implementation
+
+
+def _concrete(implementation: str, x: jax.Array, sinkhorn_grad: str = "exact") -> str:
+  """The implementation one op call runs: ``"auto"`` settled for this x."""
+  impl = resolve_implementation(implementation)
+  if impl == "cpu" and not 1 <= x.shape[-2] <= cpu.MAX_STREAMS:
+    raise ValueError(f"implementation='cpu' takes 1 <= N <= {cpu.MAX_STREAMS} streams; got x of shape "
+                     f"{x.shape} (use 'xla' or 'auto')")
+  if impl != "auto":
+    return impl
+  # One CPU device only: XLA's partitioner replicates a custom call's operands (all-gathers
+  # them), so sharded programs keep the XLA ops.
+  if (jax.default_backend() == "cpu" and jax.device_count() == 1 and x.dtype == jnp.float32
+      and sinkhorn_grad == "exact" and 1 <= x.shape[-2] <= cpu.MAX_STREAMS
+      and cpu.build_error() is None):
+    return "cpu"
+  return "xla"
 
 
 def num_coefficients(n: int) -> int:
@@ -72,7 +104,8 @@ def mhc_coefficients(
     post_mult: float = 2.0,
     rms_eps: float = 1e-6,
     implementation: str = "auto",
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    pass_stream: bool = False,
+) -> tuple[jax.Array, ...]:
   """Per-token mHC mixing maps from the raw stream state (SPEC section 2).
 
   Args:
@@ -84,18 +117,22 @@ def mhc_coefficients(
     pre_eps: added to sigmoid for H_pre (DeepSeek: 1e-6).
     post_mult: H_post = post_mult * sigmoid (paper and DeepSeek-V4: 2).
     rms_eps: epsilon of the RMS taken over the flattened N*C vector.
-    implementation: ``"auto"`` | ``"xla"`` | ``"pallas"`` | ``"triton"`` (the kernels compute
-      the exact Sinkhorn gradient: ``sinkhorn_grad="exact"`` only).
+    implementation: ``"auto"`` | ``"xla"`` | ``"pallas"`` | ``"triton"`` | ``"cpu"`` (the
+      kernels compute the exact Sinkhorn gradient: ``sinkhorn_grad="exact"`` only).
+    pass_stream: also return x, last, for the ops that follow to use instead of x. With the
+      ``"cpu"`` kernels and an fp32 x, the gradient reaching x through them is then added
+      inside this op's backward pass (XLA would add the ops' stream gradients in passes of
+      its own); elsewhere it is x unchanged.
 
   Returns:
-    ``(h_pre [..., N], h_post [..., N], h_res [..., N, N])`` in fp32 (fp64 for fp64 input).
+    ``(h_pre [..., N], h_post [..., N], h_res [..., N, N])`` in fp32 (fp64 for fp64 input),
+    then x if ``pass_stream``.
   """
-  impl = resolve_implementation(implementation)
   x, phi, alpha, bias = map(jnp.asarray, (x, phi, alpha, bias))
-  n, c = _check_stream(x, impl)
+  impl, n, c = _check_stream(x, implementation, sinkhorn_grad)
   for name, a in (("phi", phi), ("alpha", alpha), ("bias", bias)):
     _checks.check_float(name, a)
-  if impl in ("pallas", "triton") and sinkhorn_grad != "exact":
+  if impl in ("pallas", "triton", "cpu") and sinkhorn_grad != "exact":
     raise ValueError(f"implementation={impl!r} computes the exact Sinkhorn gradient on-chip; "
                      f"sinkhorn_grad={sinkhorn_grad!r} needs implementation='xla'")
   k = num_coefficients(n)
@@ -107,9 +144,18 @@ def mhc_coefficients(
   _checks.check_nonnegative("sinkhorn_eps", sinkhorn_eps)
 
   v = x.reshape(x.shape[:-2] + (n * c,))
+  kernel_cfg = pallas.Config(n, num_iters, float(sinkhorn_eps), float(pre_eps), float(post_mult),
+                             float(rms_eps))
   if impl == "pallas":
-    return _coefficients_pallas(v, phi, alpha, bias, pallas.Config(
-        n, num_iters, float(sinkhorn_eps), float(pre_eps), float(post_mult), float(rms_eps)))
+    return _coefficients_pallas(v, phi, alpha, bias, kernel_cfg) + ((x,) if pass_stream else ())
+  passed = (x,) if pass_stream else ()
+  if impl == "cpu":
+    f32 = lambda a: a.astype(jnp.float32)
+    passing = pass_stream and x.dtype == jnp.float32
+    out = cpu.coefficients(f32(x.reshape(-1, n, c)), f32(phi), _column_scales(f32(alpha), n),
+                           f32(bias), kernel_cfg, passing)
+    maps = tuple(m.reshape(x.shape[:-2] + m.shape[1:]) for m in out[:3])
+    return maps + ((out[3].reshape(x.shape),) if passing else passed)
   cdt = _checks.compute_dtype(x.dtype, phi.dtype)
   scale_K = _column_scales(alpha.astype(cdt), n)
   logits = rms_projection(v, phi, float(rms_eps)) * scale_K + bias.astype(cdt)
@@ -117,9 +163,9 @@ def mhc_coefficients(
   h_post = post_mult * jax.nn.sigmoid(logits[..., n:2 * n])
   res_logits = logits[..., 2 * n:].reshape(logits.shape[:-1] + (n, n))
   if impl == "triton":
-    return h_pre, h_post, triton_kernels.sinkhorn(res_logits, num_iters, float(sinkhorn_eps))
+    return (h_pre, h_post, triton_kernels.sinkhorn(res_logits, num_iters, float(sinkhorn_eps))) + passed
   h_res = sinkhorn_knopp(res_logits, num_iters=num_iters, eps=sinkhorn_eps, grad=sinkhorn_grad)
-  return h_pre, h_post, h_res
+  return (h_pre, h_post, h_res) + passed
 
 
 def _coefficients_pallas(v_XxP, phi, alpha, bias, cfg):
@@ -207,23 +253,39 @@ _POST = {"xla": saving_inputs(_post_xla, _post_bwd_xla),
          "triton": triton_kernels.post}
 
 
-def _check_stream(x, impl: str) -> tuple[int, int]:
+def _in_fp32(op):
+  """The C++ kernels take fp32: cast in, and back to the stream dtype (autodiff casts grads)."""
+  return lambda x, *rest: op(*(a.astype(jnp.float32) for a in (x, *rest))).astype(x.dtype)
+
+
+_PRE["cpu"], _POST["cpu"] = _in_fp32(cpu.pre), _in_fp32(cpu.post)
+
+
+def _check_stream(x, implementation: str, sinkhorn_grad: str = "exact") -> tuple[str, int, int]:
+  """Checks x ``[..., N, C]``; returns ``(implementation to run, N, C)``."""
   _checks.check_float("x", x)
   if x.ndim < 2:
     raise ValueError(f"x must have shape [..., N, C], got {x.shape}")
+  impl = _concrete(implementation, x, sinkhorn_grad)
   if impl != "xla" and x.dtype == jnp.float64:
     raise ValueError(f"implementation={impl!r} computes in fp32; got a float64 x (use 'xla')")
-  return x.shape[-2], x.shape[-1]
+  return impl, x.shape[-2], x.shape[-1]
 
 
-def mhc_pre(x: jax.Array, h_pre: jax.Array, *, implementation: str = "auto") -> jax.Array:
-  """``u = sum_i h_pre[..., i] * x[..., i, :]``: x ``[..., N, C]``, h_pre ``[..., N]`` -> ``[..., C]``."""
-  impl = resolve_implementation(implementation)
+def mhc_pre(x: jax.Array, h_pre: jax.Array, *, implementation: str = "auto",
+            pass_stream: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """``u = sum_i h_pre[..., i] * x[..., i, :]``: x ``[..., N, C]``, h_pre ``[..., N]`` -> ``[..., C]``.
+
+  ``pass_stream``: return ``(u, x)``, as in :func:`mhc_coefficients`.
+  """
   x, h_pre = jnp.asarray(x), jnp.asarray(h_pre)
-  n, _ = _check_stream(x, impl)
+  impl, n, _ = _check_stream(x, implementation)
   _checks.check_float("h_pre", h_pre)
   _checks.check_shape("h_pre", h_pre, x.shape[:-1], "[..., N] matching x [..., N, C]")
-  return _PRE[impl](x, h_pre)
+  if pass_stream and impl == "cpu" and x.dtype == jnp.float32:
+    return cpu.pre_passing(x, h_pre.astype(jnp.float32))
+  u = _PRE[impl](x, h_pre)
+  return (u, x) if pass_stream else u
 
 
 def mhc_post(
@@ -239,9 +301,8 @@ def mhc_post(
   x ``[..., N, C]``, y ``[..., C]`` (the sublayer output), h_post ``[..., N]``,
   h_res ``[..., N, N]`` with ``x'_i = sum_j h_res[i, j] x_j + h_post[i] y``.
   """
-  impl = resolve_implementation(implementation)
   x, y, h_post, h_res = map(jnp.asarray, (x, y, h_post, h_res))
-  n, _ = _check_stream(x, impl)
+  impl, n, _ = _check_stream(x, implementation)
   for name, a in (("y", y), ("h_post", h_post), ("h_res", h_res)):
     _checks.check_float(name, a)
   _checks.check_shape("y", y, x.shape[:-2] + x.shape[-1:], "[..., C] matching x [..., N, C]")

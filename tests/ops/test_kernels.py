@@ -8,7 +8,11 @@ fp32 and bf16 streams. The kernels must also lower to Triton for a GPU from this
 machine, and remat must really replay them.
 """
 
+import os
 import re
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -194,3 +198,145 @@ def test_remat_replays_the_forward_kernels():
     assert (plain.count(k), remat.count(k)) == (1, 2), k
   for k in BACKWARD_KERNELS:
     assert (plain.count(k), remat.count(k)) == (1, 1), k
+
+
+# ------------------------------------------------------------------- C++ CPU kernels
+
+
+def _cpu_build_error():
+  from mhc_jax.ops import cpu
+  return cpu.build_error()
+
+
+@pytest.mark.skipif(_cpu_build_error() is not None, reason="the C++ kernels need a C++20 compiler (CXX)")
+class TestCpu(CoefficientsMixin, PreMixin, PostMixin):
+  """The C++ kernels (fp32 math; bf16 streams are cast around them)."""
+  IMPL = "cpu"
+
+  @pytest.mark.parametrize("shape, k", [((6, 4, 37), 6), ((50, 3, 300), 5), ((20, 1024), 24), ((33, 64), 80)])
+  @pytest.mark.parametrize("passing", [False, True])
+  def test_rms_projection_matches_xla(self, shape, k, passing):
+    """HC's projection kernel (any K <= 80, ragged rows), with and without the passed stream."""
+    from mhc_jax.ops import _projection, cpu
+
+    keys = jax.random.split(jax.random.PRNGKey(k), 4)
+    v = jax.random.normal(keys[0], shape)
+    w = 0.1 * jax.random.normal(keys[1], (shape[-1], k))
+    g_out = jax.random.normal(keys[2], shape[:-1] + (k,))
+    g_in = jax.random.normal(keys[3], shape)  # the gradient reaching v by the other path
+
+    def xla(v, w):
+      return (_projection.rms_projection(v, w, 1e-6), v) if passing else _projection.rms_projection(v, w, 1e-6)
+
+    (out, vjp), (want, want_vjp) = (jax.vjp(f, v, w) for f in (lambda v, w: cpu.rms_projection(v, w, 1e-6, passing), xla))
+    cot = (g_out, g_in) if passing else g_out
+    for got, ref in zip(jax.tree.leaves((out, vjp(cot))), jax.tree.leaves((want, want_vjp(cot))), strict=True):
+      _close(got, ref, jnp.float32)
+
+  @pytest.mark.parametrize("kind", ["mhc", "hc"])
+  @pytest.mark.parametrize("dtype", DTYPES)
+  def test_connection_layers_match_xla(self, kind, dtype):
+    """The layers pass the stream from op to op (pass_stream): every gradient must still match."""
+    from flax import nnx
+
+    from mhc_jax import layers
+
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 21, 4, 40)).astype(dtype)
+
+    def run(impl):
+      conn = layers.make_connection(kind, nnx.Linear(40, 40, rngs=nnx.Rngs(0)), num_streams=4,
+                                    features=40, implementation=impl, rngs=nnx.Rngs(1))
+      if kind == "hc":  # w = 0 at init: make the dynamic part matter
+        conn.w[...] = 0.3 * jax.random.normal(jax.random.PRNGKey(5), conn.w[...].shape)
+      graphdef, state = nnx.split(conn)
+      loss = lambda state, x: jnp.sum(jnp.sin(nnx.merge(graphdef, state)(x).astype(jnp.float32)))
+      return jax.value_and_grad(loss, argnums=(0, 1))(state, x)
+
+    (value, grads), (want_value, want_grads) = run("cpu"), run("xla")
+    np.testing.assert_allclose(value, want_value, rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
+      _close(g, w, dtype)
+
+  def test_pass_stream_returns_x_and_keeps_every_gradient(self):
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 4, 24))
+    phi = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (96, 24))
+
+    def block(impl, x, phi):
+      h_pre, h_post, h_res, x1 = ops.mhc_coefficients(x, phi, jnp.ones(3), jnp.zeros(24),
+                                                      implementation=impl, pass_stream=True)
+      u, x2 = ops.mhc_pre(x1, h_pre, implementation=impl, pass_stream=True)
+      assert x1.shape == x2.shape == x.shape
+      return ops.mhc_post(x2, jnp.tanh(u), h_post, h_res, implementation=impl)
+
+    x_out = ops.mhc_pre(x, jnp.ones((5, 4)), implementation="cpu", pass_stream=True)[1]
+    np.testing.assert_array_equal(x_out, x)
+    loss = lambda impl: jax.value_and_grad(lambda *a: jnp.sum(block(impl, *a) ** 2), argnums=(0, 1))(x, phi)
+    for got, want in zip(jax.tree.leaves(loss("cpu")), jax.tree.leaves(loss("xla")), strict=True):
+      _close(got, want, jnp.float32)
+
+  @pytest.mark.parametrize("n, c, t", [(4, 300, 53), (3, 37, 16), (8, 64, 130)])
+  def test_many_token_blocks_match_xla(self, n, c, t):
+    """Several 16-token blocks, a ragged last one, and more tokens than weight-gradient slots."""
+    k = jax.random.split(jax.random.PRNGKey(7), 5)
+    x = jax.random.normal(k[0], (t, n, c))
+    y = jax.random.normal(k[1], (t, c))
+    phi = jax.random.normal(k[2], (n * c, ops.num_coefficients(n))) / np.sqrt(n * c)
+    alpha, bias = jnp.array([0.7, 1.1, 1.6]), 0.5 * jax.random.normal(k[3], (ops.num_coefficients(n),))
+
+    def block(impl, x, y, phi, alpha, bias):
+      h_pre, h_post, h_res = ops.mhc_coefficients(x, phi, alpha, bias, implementation=impl)
+      u = ops.mhc_pre(x, h_pre, implementation=impl)
+      return ops.mhc_post(x, jnp.tanh(u) * y, h_post, h_res, implementation=impl)
+
+    args = (x, y, phi, alpha, bias)
+    cot = jax.random.normal(k[4], (t, n, c))
+    (out, vjp), (want, want_vjp) = (jax.vjp(lambda *a: block(i, *a), *args) for i in ("cpu", "xla"))
+    _close(out, want, jnp.float32)
+    for g, w in zip(vjp(cot), want_vjp(cot), strict=True):
+      _close(g, w, jnp.float32)
+
+  def test_results_are_bitwise_reproducible(self):
+    x = jax.random.normal(jax.random.PRNGKey(0), (200, 4, 64))
+    phi = jax.random.normal(jax.random.PRNGKey(1), (256, 24)) * 0.05
+    loss = lambda x, phi: jnp.sum(jnp.sin(ops.mhc_coefficients(x, phi, jnp.ones(3), jnp.zeros(24),
+                                                               implementation="cpu")[2]))
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    first, second = grad(x, phi), grad(x, phi)
+    for a, b in zip(first, second, strict=True):
+      np.testing.assert_array_equal(a, b)
+
+  def test_auto_picks_the_kernels_for_fp32_on_one_cpu_device(self):
+    """One device (a fresh process): fp32 gets the kernels, bf16 XLA. Here (8 devices): XLA."""
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp
+        from mhc_jax import ops
+        hlo = lambda x, impl: jax.jit(lambda x: ops.mhc_pre(x, jnp.ones(x.shape[:-1]),
+                                                           implementation=impl)).lower(x).as_text()
+        x = jnp.ones((4, 4, 8))
+        print(jax.device_count(), "mhc_jax_pre_fwd" in hlo(x, "auto"),
+              "mhc_jax_pre_fwd" in hlo(x.astype(jnp.bfloat16), "auto"), "mhc_jax" in hlo(x, "xla"))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "True", "False", "False"]
+    assert jax.device_count() == 8
+    text = jax.jit(lambda x: ops.mhc_pre(x, jnp.ones(x.shape[:-1]))).lower(jnp.ones((4, 4, 8))).as_text()
+    assert "mhc_jax" not in text
+
+  def test_bad_input_is_refused_with_clear_errors(self, x64):
+    with pytest.raises(ValueError, match="cpu.*float64"):
+      ops.mhc_pre(jnp.ones((2, 4, 8), jnp.float64), jnp.ones((2, 4)), implementation="cpu")
+    with pytest.raises(ValueError, match="1 <= N <= 8"):
+      ops.mhc_pre(jnp.ones((2, 9, 8), jnp.float32), jnp.ones((2, 9)), implementation="cpu")
+    f32 = lambda *shape: jnp.ones(shape, jnp.float32)
+    with pytest.raises(ValueError, match="sinkhorn_grad='implicit'"):
+      ops.mhc_coefficients(f32(2, 4, 8), f32(32, 24), f32(3), f32(24), sinkhorn_grad="implicit",
+                           implementation="cpu")
+
+  def test_a_missing_compiler_is_reported(self, tmp_path):
+    from mhc_jax.ops import cpu
+
+    library, error = cpu.build(tmp_path, "no-such-c++-compiler")
+    assert library is None and "no-such-c++-compiler" in error and "CXX" in error
+    library, error = cpu.build(tmp_path, "c++ --no-such-flag")  # runs, and fails
+    assert library is None and "failed to build kernels.cc" in error

@@ -1,0 +1,811 @@
+// Fused mHC kernels for XLA:CPU, called through the XLA FFI (jax.ffi).
+//
+// Each kernel makes one pass over the [T, N, C] stream state, token by token, in fp32:
+//   coef_fwd:  v = vec(x) -> proj = v @ phi, 1/rms(v), the gates and all Sinkhorn passes
+//   coef_bwd:  the Sinkhorn VJP (iterates kept per token), the gate VJPs, and
+//              dv = (g_logits * scale / rms) @ phi^T - (d 1/rms) v
+//   pre_fwd / pre_bwd, post_fwd / post_bwd: the stream mixes and their VJPs, with the
+//              per-token contractions over C (dH_pre, dH_post, dH_res) in the same pass.
+// XLA:CPU runs each of these as several passes of small dots and loop fusions (see
+// mhc_jax/ops/cpu/__init__.py). Tokens are split over XLA's intra-op thread pool.
+//
+// Vectors are GCC/Clang vector extensions of 16 floats (one AVX-512 register; the
+// compiler splits them on narrower targets). N is a template parameter, 1..8.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+constexpr int64_t kLanes = 16;
+constexpr int64_t kGradSlots = 8;  // partial weight-gradient sums (see CoefBwd)
+
+inline v16 load(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline v16 splat(float s) { return v16{} + s; }
+inline float hsum(v16 v) {
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+// Runs f(begin, end) over [0, n) in chunks, on the calling thread and XLA's intra-op pool.
+// Helpers claim chunks from a shared counter and exit when none are left, so the caller
+// only ever waits for chunks that are already running: no deadlock if the pool is busy.
+template <class F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t min_chunk, const F& f) {
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t chunks = std::min<int64_t>(threads * 4, (n + min_chunk - 1) / min_chunk);
+  if (chunks <= 1) {
+    f(0, n);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto state = std::make_shared<State>();
+  const int64_t per = (n + chunks - 1) / chunks;
+  auto run = [state, chunks, per, n, &f]() {
+    for (int64_t i; (i = state->next.fetch_add(1)) < chunks;) {
+      f(std::min(n, i * per), std::min(n, (i + 1) * per));
+      state->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t i = 1; i < std::min(threads, chunks); ++i) pool.Schedule(decltype(run)(run));
+  run();
+  while (state->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+}
+
+// ------------------------------------------------------------------------- Sinkhorn
+// Blocks of 16 tokens, one per vector lane: m[i * N + j] holds entry (i, j) of 16
+// matrices. Paper layout (rows i read columns j); DeepSeek's sequence (SPEC section 2):
+// column softmax + eps, a row pass, then (column, row) passes num_iters - 1 times.
+// Passes scale by 1 / (sum + eps), one division per row or column.
+
+// Entry b of row a (ROWS) or of column a.
+template <int N, bool ROWS>
+constexpr int At(int a, int b) {
+  return ROWS ? a * N + b : b * N + a;
+}
+
+template <int N, bool ROWS>
+inline void Normalize(v16* m, v16* sums, float eps) {
+  for (int a = 0; a < N; ++a) {
+    v16 s = {};
+    for (int b = 0; b < N; ++b) s += m[At<N, ROWS>(a, b)];
+    sums[a] = s;
+    const v16 inv = 1.f / (s + eps);
+    for (int b = 0; b < N; ++b) m[At<N, ROWS>(a, b)] *= inv;
+  }
+}
+
+// exp on 16 lanes: 2^k * 2^f with k = round(z log2 e), |f| <= 1/2, and a degree-6
+// polynomial for 2^f (relative error ~2e-7, like libm's expf to about 1 ulp).
+inline v16 Exp(v16 z) {
+  z = z < -87.3f ? splat(-87.3f) : z;
+  z = z > 88.3f ? splat(88.3f) : z;
+  const v16 t = z * 1.44269504088896341f;
+  v16 k;
+  for (int l = 0; l < kLanes; ++l) k[l] = std::nearbyint(t[l]);
+  const v16 f = (z - k * 0.693359375f) + k * 2.12194440e-4f;  // z - k ln2, ln2 in two parts
+  v16 p = splat(1.9875691500e-4f);
+  p = p * f + 1.3981999507e-3f;
+  p = p * f + 8.3334519073e-3f;
+  p = p * f + 4.1665795894e-2f;
+  p = p * f + 1.6666665459e-1f;
+  p = p * f + 5.0000001201e-1f;
+  p = p * f * f + f + 1.f;
+  typedef int32_t i16 __attribute__((vector_size(64)));
+  const i16 bits = (__builtin_convertvector(k, i16) + 127) << 23;
+  v16 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+inline v16 Sigmoid(v16 z) { return 1.f / (1.f + Exp(-z)); }
+
+// What the backward keeps per block: the softmax, then each pass's output and sums.
+template <int N>
+constexpr int64_t TraceSize(int64_t iters) {
+  return N * N + (2 * iters - 1) * (N * N + N);
+}
+
+// h_res from the res logits; with `trace`, keeps what SinkhornBackward needs.
+template <int N>
+inline void SinkhornForward(const v16* logits, v16* out, int64_t iters, float eps, v16* trace) {
+  v16 m[N * N], sums[N];
+  for (int j = 0; j < N; ++j) {  // column softmax
+    v16 mx = logits[j];
+    for (int i = 1; i < N; ++i) mx = mx > logits[i * N + j] ? mx : logits[i * N + j];
+    v16 s = {};
+    for (int i = 0; i < N; ++i) s += (m[i * N + j] = Exp(logits[i * N + j] - mx));
+    for (int i = 0; i < N; ++i) m[i * N + j] /= s;
+  }
+  if (trace) {
+    std::copy(m, m + N * N, trace);
+    trace += N * N;
+  }
+  for (int k = 0; k < N * N; ++k) m[k] += eps;
+  auto pass = [&]<bool ROWS>() {
+    Normalize<N, ROWS>(m, sums, eps);
+    if (trace) {
+      std::copy(m, m + N * N, trace);
+      std::copy(sums, sums + N, trace + N * N);
+      trace += N * N + N;
+    }
+  };
+  pass.template operator()<true>();
+  for (int64_t it = 1; it < iters; ++it) {
+    pass.template operator()<false>();
+    pass.template operator()<true>();
+  }
+  std::copy(m, m + N * N, out);
+}
+
+// g holds dL/dh_res on entry and dL/dlogits on exit. The VJP of y = x / (s + eps),
+// s = sum(x) along the pass's axis, is (g - sum(g * y)) / (s + eps).
+template <int N, bool ROWS>
+inline void NormalizeBackward(v16* g, const v16* y, const v16* sums, float eps) {
+  for (int a = 0; a < N; ++a) {
+    v16 d = {};
+    for (int b = 0; b < N; ++b) d += g[At<N, ROWS>(a, b)] * y[At<N, ROWS>(a, b)];
+    const v16 inv = 1.f / (sums[a] + eps);
+    for (int b = 0; b < N; ++b) g[At<N, ROWS>(a, b)] = (g[At<N, ROWS>(a, b)] - d) * inv;
+  }
+}
+
+template <int N>
+inline void SinkhornBackward(v16* g, int64_t iters, float eps, const v16* trace) {
+  auto pass = [&]<bool ROWS>(int64_t step) {
+    const v16* y = trace + N * N + step * (N * N + N);
+    NormalizeBackward<N, ROWS>(g, y, y + N * N, eps);
+  };
+  for (int64_t step = 2 * iters - 2; step > 0; step -= 2) {  // (column, row) pairs, last first
+    pass.template operator()<true>(step);
+    pass.template operator()<false>(step - 1);
+  }
+  pass.template operator()<true>(0);
+  const v16* softmax = trace;
+  for (int j = 0; j < N; ++j) {
+    v16 d = {};
+    for (int i = 0; i < N; ++i) d += g[i * N + j] * softmax[i * N + j];
+    for (int i = 0; i < N; ++i) g[i * N + j] = softmax[i * N + j] * (g[i * N + j] - d);
+  }
+}
+
+struct CoefAttrs {
+  int64_t iters;
+  float sinkhorn_eps, pre_eps, post_mult, rms_eps;
+};
+
+// ------------------------------------------------------------------ RMS projection
+// Rows v [R, P]: proj = v @ w and r = (mean(v^2) + eps)^(-1/2), the projection shared by
+// the mHC coefficients (one row per token, P = N*C) and HC's (one row per stream, P = C).
+// w comes padded to KP = KV * 16 columns ([P, KP]) for the forward and transposed ([K, P])
+// for the backward. Rows go in blocks of at most 16; zero-padded columns are never stored.
+
+template <int KV>
+constexpr int kPadded = KV * kLanes;
+
+// proj[row][KP] and r[row] for `count` rows; w is read once per `SUB` rows.
+template <int KV>
+void ProjectRows(const float* v, int64_t count, int64_t p, const float* w, float (*proj)[kPadded<KV>],
+                 float* r, float eps) {
+  constexpr int KP = kPadded<KV>, SUB = std::max(1, 16 / KV);
+  for (int64_t t0 = 0; t0 < count; t0 += SUB) {
+    const int64_t m = std::min<int64_t>(SUB, count - t0);
+    v16 acc[SUB][KV] = {};
+    for (int64_t q = 0; q < p; ++q) {
+      v16 ws[KV];
+      for (int kv = 0; kv < KV; ++kv) ws[kv] = load(w + q * KP + kv * kLanes);
+      for (int s = 0; s < SUB; ++s) {
+        if (s >= m) break;
+        const float b = v[(t0 + s) * p + q];
+        for (int kv = 0; kv < KV; ++kv) acc[s][kv] += b * ws[kv];
+      }
+    }
+    for (int s = 0; s < m; ++s)
+      for (int kv = 0; kv < KV; ++kv) store(proj[t0 + s] + kv * kLanes, acc[s][kv]);
+  }
+  const int64_t main = p - p % kLanes;
+  for (int64_t row = 0; row < count; ++row) {
+    const float* vr = v + row * p;
+    v16 ss = {};
+    for (int64_t q = 0; q < main; q += kLanes) ss += load(vr + q) * load(vr + q);
+    float sq = hsum(ss);
+    for (int64_t q = main; q < p; ++q) sq += vr[q] * vr[q];
+    r[row] = 1.f / std::sqrt(sq / p + eps);
+  }
+}
+
+// With gh = dL/dproj * r (zero beyond column k) and coef = sum(dL/dproj * proj) r^3 / P
+// (from dr/dv = -r^3 v / P): g_v = g_in + gh @ w^T - coef * v for `count` rows (g_in: the
+// gradient arriving by another path, or null), and g_w [P, KP] += v^T gh.
+template <int KV>
+void ProjectRowsBackward(const float* v, int64_t count, int64_t p, int64_t k, const float* w_t,
+                         const float (*gh)[kPadded<KV>], const float* coef, const float* g_in,
+                         float* g_v, float* g_w) {
+  constexpr int KP = kPadded<KV>;
+  const int64_t main = p - p % kLanes;
+  for (int64_t q = 0; q < main; q += kLanes) {  // w read once per block
+    v16 ws[KP];
+    for (int j = 0; j < k; ++j) ws[j] = load(w_t + j * p + q);
+    for (int64_t row = 0; row < count; ++row) {
+      v16 acc = -coef[row] * load(v + row * p + q);
+      if (g_in) acc += load(g_in + row * p + q);
+      for (int j = 0; j < k; ++j) acc += gh[row][j] * ws[j];
+      store(g_v + row * p + q, acc);
+    }
+  }
+  for (int64_t q = main; q < p; ++q) {
+    for (int64_t row = 0; row < count; ++row) {
+      float acc = -coef[row] * v[row * p + q] + (g_in ? g_in[row * p + q] : 0.f);
+      for (int j = 0; j < k; ++j) acc += gh[row][j] * w_t[j * p + q];
+      g_v[row * p + q] = acc;
+    }
+  }
+  for (int64_t r0 = 0; r0 < count; r0 += 8) {  // eight rows' gh held in registers
+    const int64_t m = std::min<int64_t>(8, count - r0);
+    v16 ghv[8][KV] = {};
+    for (int64_t row = 0; row < m; ++row)
+      for (int kv = 0; kv < KV; ++kv) ghv[row][kv] = load(gh[r0 + row] + kv * kLanes);
+    for (int64_t q = 0; q < p; ++q) {
+      v16 acc[KV];
+      for (int kv = 0; kv < KV; ++kv) acc[kv] = load(g_w + q * KP + kv * kLanes);
+      for (int row = 0; row < 8; ++row) {
+        if (row >= m) break;
+        const float b = v[(r0 + row) * p + q];
+        for (int kv = 0; kv < KV; ++kv) acc[kv] += b * ghv[row][kv];
+      }
+      for (int kv = 0; kv < KV; ++kv) store(g_w + q * KP + kv * kLanes, acc[kv]);
+    }
+  }
+}
+
+// Splits `blocks` into kGradSlots fixed ranges; f(slot, block) runs with slot's g_w
+// partial sum zeroed first. The slots are summed by the caller: the same sums whatever
+// the thread count.
+template <class F>
+void OverGradSlots(ffi::ThreadPool& pool, int64_t blocks, float* g_w_parts, int64_t slot_size, const F& f) {
+  const int64_t per_slot = (blocks + kGradSlots - 1) / kGradSlots;
+  ParallelFor(pool, kGradSlots, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t slot = begin; slot < end; ++slot) {
+      float* g_w = g_w_parts + slot * slot_size;
+      std::fill(g_w, g_w + slot_size, 0.f);
+      for (int64_t blk = slot * per_slot; blk < std::min(blocks, (slot + 1) * per_slot); ++blk) f(g_w, blk);
+    }
+  });
+}
+
+template <int KV>
+void ProjFwd(ffi::ThreadPool& pool, int64_t rows, int64_t p, int64_t k, const float* v, const float* w,
+             float eps, float* proj_out, float* r_out) {
+  ParallelFor(pool, (rows + kLanes - 1) / kLanes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t r0 = blk * kLanes, count = std::min<int64_t>(kLanes, rows - r0);
+      alignas(64) float proj[kLanes][kPadded<KV>];
+      ProjectRows<KV>(v + r0 * p, count, p, w, proj, r_out + r0, eps);
+      for (int64_t row = 0; row < count; ++row)
+        std::copy(proj[row], proj[row] + k, proj_out + (r0 + row) * k);
+    }
+  });
+}
+
+template <int KV>
+void ProjBwd(ffi::ThreadPool& pool, int64_t rows, int64_t p, int64_t k, const float* v, const float* w_t,
+             const float* proj, const float* r, const float* g, const float* g_in, float* g_v,
+             float* g_w_parts) {
+  OverGradSlots(pool, (rows + kLanes - 1) / kLanes, g_w_parts, p * kPadded<KV>, [&](float* g_w, int64_t blk) {
+    const int64_t r0 = blk * kLanes, count = std::min<int64_t>(kLanes, rows - r0);
+    alignas(64) float gh[kLanes][kPadded<KV>] = {};
+    float coef[kLanes];
+    for (int64_t row = 0; row < count; ++row) {
+      const int64_t i = r0 + row;
+      float g_r = 0.f;
+      for (int j = 0; j < k; ++j) {
+        gh[row][j] = g[i * k + j] * r[i];
+        g_r += g[i * k + j] * proj[i * k + j];
+      }
+      coef[row] = g_r * r[i] * r[i] * r[i] / p;
+    }
+    ProjectRowsBackward<KV>(v + r0 * p, count, p, k, w_t, gh, coef, g_in ? g_in + r0 * p : nullptr,
+                            g_v + r0 * p, g_w);
+  });
+}
+
+// ------------------------------------------------------------------- coefficients
+// v = vec(x) [T, P], P = N*C. logits = proj * r * scale + bias. Tokens go in blocks of
+// 16, one per vector lane for the gates and the Sinkhorn; `count` <= 16 of them are real,
+// the rest are zeros and never stored.
+
+template <int N>
+struct Coef {
+  static constexpr int K = N * N + 2 * N;
+  static constexpr int KV = (K + kLanes - 1) / kLanes;  // vectors per projection row
+  static constexpr int KP = kPadded<KV>;                 // phi's padded width
+
+  // Lane-major logits of the block: logits[k] lane l = token l's column k.
+  static void Logits(const float (*proj)[KP], const float* r, const float* scale, const float* bias,
+                     v16* logits) {
+    v16 rv = {};
+    for (int l = 0; l < kLanes; ++l) rv[l] = r[l];
+    for (int k = 0; k < K; ++k) {
+      v16 pk;
+      for (int l = 0; l < kLanes; ++l) pk[l] = proj[l][k];
+      logits[k] = pk * rv * scale[k] + bias[k];
+    }
+  }
+};
+
+template <int N>
+void CoefFwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const float* phi,
+             const float* scale, const float* bias, const CoefAttrs& a, float* h_pre, float* h_post,
+             float* h_res, float* proj_out, float* r_out) {
+  using S = Coef<N>;
+  constexpr int K = S::K;
+  const int64_t p = N * c, blocks = (t + kLanes - 1) / kLanes;
+  ParallelFor(pool, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t t0 = blk * kLanes, count = std::min<int64_t>(kLanes, t - t0);
+      alignas(64) float proj[kLanes][S::KP] = {};
+      float r[kLanes] = {};
+      ProjectRows<S::KV>(x + t0 * p, count, p, phi, proj, r, a.rms_eps);
+      v16 logits[K], hr[N * N];
+      S::Logits(proj, r, scale, bias, logits);
+      v16 gates[2 * N];
+      for (int i = 0; i < N; ++i) {
+        gates[i] = Sigmoid(logits[i]) + a.pre_eps;
+        gates[N + i] = a.post_mult * Sigmoid(logits[N + i]);
+      }
+      SinkhornForward<N>(logits + 2 * N, hr, a.iters, a.sinkhorn_eps, nullptr);
+      for (int64_t l = 0; l < count; ++l) {
+        const int64_t tok = t0 + l;
+        for (int i = 0; i < N; ++i) {
+          h_pre[tok * N + i] = gates[i][l];
+          h_post[tok * N + i] = gates[N + i][l];
+        }
+        for (int k = 0; k < N * N; ++k) h_res[tok * N * N + k] = hr[k][l];
+        for (int k = 0; k < K; ++k) proj_out[tok * K + k] = proj[l][k];
+        r_out[tok] = r[l];
+      }
+    }
+  });
+}
+
+template <int N>
+void CoefBwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const float* phi_t,
+             const float* scale, const float* bias, const float* proj_in, const float* r_in,
+             const float* g_pre, const float* g_post, const float* g_res, const float* g_in,
+             const CoefAttrs& a, float* g_x, float* g_logits, float* g_phi_parts) {
+  using S = Coef<N>;
+  constexpr int K = S::K;
+  const int64_t p = N * c;
+  OverGradSlots(pool, (t + kLanes - 1) / kLanes, g_phi_parts, p * S::KP, [&](float* g_phi, int64_t blk) {
+    thread_local std::vector<v16> trace;
+    trace.resize(TraceSize<N>(a.iters));
+    const int64_t t0 = blk * kLanes, count = std::min<int64_t>(kLanes, t - t0);
+    alignas(64) float proj[kLanes][S::KP] = {};
+    float r[kLanes] = {};
+    v16 gp[N] = {}, gq[N] = {}, gl[K] = {};
+    for (int64_t l = 0; l < count; ++l) {
+      const int64_t tok = t0 + l;
+      for (int k = 0; k < K; ++k) proj[l][k] = proj_in[tok * K + k];
+      r[l] = r_in[tok];
+      for (int i = 0; i < N; ++i) {
+        gp[i][l] = g_pre[tok * N + i];
+        gq[i][l] = g_post[tok * N + i];
+      }
+      for (int k = 0; k < N * N; ++k) gl[2 * N + k][l] = g_res[tok * N * N + k];
+    }
+    v16 logits[K], hr[N * N];
+    S::Logits(proj, r, scale, bias, logits);
+    for (int i = 0; i < N; ++i) {
+      const v16 sp = Sigmoid(logits[i]), sq = Sigmoid(logits[N + i]);
+      gl[i] = gp[i] * sp * (1.f - sp);
+      gl[N + i] = gq[i] * a.post_mult * sq * (1.f - sq);
+    }
+    SinkhornForward<N>(logits + 2 * N, hr, a.iters, a.sinkhorn_eps, trace.data());
+    SinkhornBackward<N>(gl + 2 * N, a.iters, a.sinkhorn_eps, trace.data());
+    // d proj = gl * scale (then times r, see ProjectRowsBackward).
+    alignas(64) float gh[kLanes][S::KP] = {};
+    float coef[kLanes];
+    for (int64_t l = 0; l < count; ++l) {
+      float g_r = 0.f;
+      for (int k = 0; k < K; ++k) {
+        g_logits[(t0 + l) * K + k] = gl[k][l];
+        gh[l][k] = gl[k][l] * scale[k] * r[l];
+        g_r += gl[k][l] * scale[k] * proj[l][k];
+      }
+      coef[l] = g_r * r[l] * r[l] * r[l] / p;
+    }
+    ProjectRowsBackward<S::KV>(x + t0 * p, count, p, K, phi_t, gh, coef, g_in ? g_in + t0 * p : nullptr,
+                               g_x + t0 * p, g_phi);
+  });
+}
+
+// ---------------------------------------------------------------------- pre / post
+// Vector body over lanes [q, q + W) of C, W = 16 (v16) or 1 (float); the same code
+// handles the ragged tail.
+
+template <class V>
+struct Lane;
+template <>
+struct Lane<v16> {
+  static constexpr int64_t kWidth = kLanes;
+  static v16 Load(const float* p) { return load(p); }
+  static void Store(float* p, v16 v) { store(p, v); }
+  static float Sum(v16 v) { return hsum(v); }
+};
+template <>
+struct Lane<float> {
+  static constexpr int64_t kWidth = 1;
+  static float Load(const float* p) { return *p; }
+  static void Store(float* p, float v) { *p = v; }
+  static float Sum(float v) { return v; }
+};
+
+// Calls body.template operator()<V>(q) over C: v16 steps, then float steps for the tail.
+template <class Body>
+inline void OverC(int64_t c, Body&& body) {
+  int64_t q = 0;
+  for (; q + kLanes <= c; q += kLanes) body.template operator()<v16>(q);
+  for (; q < c; ++q) body.template operator()<float>(q);
+}
+
+template <int N>
+void PreFwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const float* h, float* u) {
+  ParallelFor(pool, t, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t tok = begin; tok < end; ++tok) {
+      const float* xt = x + tok * N * c;
+      const float* ht = h + tok * N;
+      float* ut = u + tok * c;
+      OverC(c, [&]<class V>(int64_t q) {
+        using L = Lane<V>;
+        V acc = ht[0] * L::Load(xt + q);
+        for (int i = 1; i < N; ++i) acc += ht[i] * L::Load(xt + i * c + q);
+        L::Store(ut + q, acc);
+      });
+    }
+  });
+}
+
+template <int N>
+void PreBwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const float* h,
+            const float* g, const float* g_in, float* g_x, float* g_h) {
+  ParallelFor(pool, t, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t tok = begin; tok < end; ++tok) {
+      const float* xt = x + tok * N * c;
+      const float* gt = g + tok * c;
+      float* gxt = g_x + tok * N * c;
+      v16 dot[N] = {};
+      float tail[N] = {};
+      OverC(c, [&]<class V>(int64_t q) {
+        using L = Lane<V>;
+        const V gq = L::Load(gt + q);
+        for (int i = 0; i < N; ++i) {
+          V gx = h[tok * N + i] * gq;
+          if (g_in) gx += L::Load(g_in + tok * N * c + i * c + q);
+          L::Store(gxt + i * c + q, gx);
+          const V prod = L::Load(xt + i * c + q) * gq;
+          if constexpr (L::kWidth == 1) tail[i] += prod; else dot[i] += prod;
+        }
+      });
+      for (int i = 0; i < N; ++i) g_h[tok * N + i] = hsum(dot[i]) + tail[i];
+    }
+  });
+}
+
+template <int N>
+void PostFwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const float* y,
+             const float* h_post, const float* h_res, float* out) {
+  ParallelFor(pool, t, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t tok = begin; tok < end; ++tok) {
+      const float* xt = x + tok * N * c;
+      const float* yt = y + tok * c;
+      const float* hp = h_post + tok * N;
+      const float* hr = h_res + tok * N * N;
+      float* ot = out + tok * N * c;
+      OverC(c, [&]<class V>(int64_t q) {
+        using L = Lane<V>;
+        V xs[N];
+        for (int j = 0; j < N; ++j) xs[j] = L::Load(xt + j * c + q);
+        const V yq = L::Load(yt + q);
+        for (int i = 0; i < N; ++i) {
+          V acc = hp[i] * yq;
+          for (int j = 0; j < N; ++j) acc += hr[i * N + j] * xs[j];
+          L::Store(ot + i * c + q, acc);
+        }
+      });
+    }
+  });
+}
+
+template <int N>
+void PostBwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const float* y,
+             const float* h_post, const float* h_res, const float* g, float* g_x, float* g_y,
+             float* g_h_post, float* g_h_res) {
+  ParallelFor(pool, t, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t tok = begin; tok < end; ++tok) {
+      const float* xt = x + tok * N * c;
+      const float* yt = y + tok * c;
+      const float* gt = g + tok * N * c;
+      const float* hp = h_post + tok * N;
+      const float* hr = h_res + tok * N * N;
+      float* gxt = g_x + tok * N * c;
+      float* gyt = g_y + tok * c;
+      v16 d_post[N] = {}, d_res[N * N] = {};
+      float t_post[N] = {}, t_res[N * N] = {};
+      OverC(c, [&]<class V>(int64_t q) {
+        using L = Lane<V>;
+        V gs[N], xs[N];
+        for (int i = 0; i < N; ++i) gs[i] = L::Load(gt + i * c + q);
+        for (int j = 0; j < N; ++j) xs[j] = L::Load(xt + j * c + q);
+        const V yq = L::Load(yt + q);
+        V gy = hp[0] * gs[0];
+        for (int i = 1; i < N; ++i) gy += hp[i] * gs[i];
+        L::Store(gyt + q, gy);
+        for (int j = 0; j < N; ++j) {  // g_x[j] = sum_i h_res[i, j] g[i]
+          V acc = hr[j] * gs[0];
+          for (int i = 1; i < N; ++i) acc += hr[i * N + j] * gs[i];
+          L::Store(gxt + j * c + q, acc);
+        }
+        for (int i = 0; i < N; ++i) {
+          if constexpr (L::kWidth == 1) {
+            t_post[i] += gs[i] * yq;
+            for (int j = 0; j < N; ++j) t_res[i * N + j] += gs[i] * xs[j];
+          } else {
+            d_post[i] += gs[i] * yq;
+            for (int j = 0; j < N; ++j) d_res[i * N + j] += gs[i] * xs[j];
+          }
+        }
+      });
+      for (int i = 0; i < N; ++i) g_h_post[tok * N + i] = hsum(d_post[i]) + t_post[i];
+      for (int k = 0; k < N * N; ++k) g_h_res[tok * N * N + k] = hsum(d_res[k]) + t_res[k];
+    }
+  });
+}
+
+// --------------------------------------------------------------------- FFI binding
+
+using F32 = ffi::Buffer<ffi::F32>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+
+// Calls fn.template operator()<N>() for the runtime stream count.
+template <class Fn>
+ffi::Error WithN(int64_t n, Fn&& fn) {
+  switch (n) {
+    case 1: fn.template operator()<1>(); break;
+    case 2: fn.template operator()<2>(); break;
+    case 3: fn.template operator()<3>(); break;
+    case 4: fn.template operator()<4>(); break;
+    case 5: fn.template operator()<5>(); break;
+    case 6: fn.template operator()<6>(); break;
+    case 7: fn.template operator()<7>(); break;
+    case 8: fn.template operator()<8>(); break;
+    default: return ffi::Error::InvalidArgument("mhc_jax cpu kernels support 1 <= N <= 8");
+  }
+  return ffi::Error::Success();
+}
+
+// x is [T, N, C] (any leading dims flattened to T).
+struct Dims {
+  int64_t t, n, c;
+};
+Dims StreamDims(const F32& x) {
+  auto d = x.dimensions();
+  const int64_t r = d.size();
+  Dims out{1, d[r - 2], d[r - 1]};
+  for (int64_t i = 0; i < r - 2; ++i) out.t *= d[i];
+  return out;
+}
+
+ffi::Error CoefFwdImpl(ffi::ThreadPool pool, F32 x, F32 phi, F32 scale, F32 bias, int64_t iters,
+                       float sinkhorn_eps, float pre_eps, float post_mult, float rms_eps, Out h_pre,
+                       Out h_post, Out h_res, Out proj, Out inv_r) {
+  const Dims d = StreamDims(x);
+  const CoefAttrs a{iters, sinkhorn_eps, pre_eps, post_mult, rms_eps};
+  ffi::Error status = ffi::Error::Success();
+  ffi::Error n_ok = WithN(d.n, [&]<int N>() {
+    if (phi.dimensions()[1] != Coef<N>::KP) {
+      status = ffi::Error::InvalidArgument("coef_fwd: phi must be padded to Coef<N>::KP columns");
+      return;
+    }
+    CoefFwd<N>(pool, d.t, d.c, x.typed_data(), phi.typed_data(), scale.typed_data(),
+               bias.typed_data(), a, h_pre->typed_data(), h_post->typed_data(), h_res->typed_data(),
+               proj->typed_data(), inv_r->typed_data());
+  });
+  return n_ok.failure() ? n_ok : status;
+}
+
+ffi::Error CoefBwdImpl(ffi::ThreadPool pool, F32 x, F32 phi_t, F32 scale, F32 bias, F32 proj,
+                       F32 inv_r, F32 g_pre, F32 g_post, F32 g_res, F32 g_in, bool accumulate,
+                       int64_t iters, float sinkhorn_eps,
+                       float pre_eps, float post_mult, float rms_eps, Out g_x, Out g_logits,
+                       Out g_phi_parts) {
+  const Dims d = StreamDims(x);
+  const CoefAttrs a{iters, sinkhorn_eps, pre_eps, post_mult, rms_eps};
+  return WithN(d.n, [&]<int N>() {
+    CoefBwd<N>(pool, d.t, d.c, x.typed_data(), phi_t.typed_data(), scale.typed_data(),
+               bias.typed_data(), proj.typed_data(), inv_r.typed_data(), g_pre.typed_data(),
+               g_post.typed_data(), g_res.typed_data(), accumulate ? g_in.typed_data() : nullptr, a,
+               g_x->typed_data(), g_logits->typed_data(),
+               g_phi_parts->typed_data());
+  });
+}
+
+// Calls fn.template operator()<KV>() for K columns padded to whole vectors (K <= 80).
+template <class Fn>
+ffi::Error WithKV(int64_t k, Fn&& fn) {
+  switch ((k + kLanes - 1) / kLanes) {
+    case 1: fn.template operator()<1>(); break;
+    case 2: fn.template operator()<2>(); break;
+    case 3: fn.template operator()<3>(); break;
+    case 4: fn.template operator()<4>(); break;
+    case 5: fn.template operator()<5>(); break;
+    default: return ffi::Error::InvalidArgument("mhc_jax cpu projection supports 1 <= K <= 80");
+  }
+  return ffi::Error::Success();
+}
+
+// v [R, P], w padded [P, KP] -> proj [R, K], r [R].
+ffi::Error ProjFwdImpl(ffi::ThreadPool pool, F32 v, F32 w, float eps, Out proj, Out r) {
+  const int64_t p = v.dimensions().back(), rows = v.element_count() / p, k = proj->dimensions().back();
+  if (w.dimensions()[1] != (k + kLanes - 1) / kLanes * kLanes)
+    return ffi::Error::InvalidArgument("proj_fwd: w must be padded to whole 16-column vectors");
+  return WithKV(k, [&]<int KV>() {
+    ProjFwd<KV>(pool, rows, p, k, v.typed_data(), w.typed_data(), eps, proj->typed_data(), r->typed_data());
+  });
+}
+
+// v [R, P], w^T [K, P], proj [R, K], r [R], g [R, K] -> g_v [R, P], g_w slots [8, P, KP].
+ffi::Error ProjBwdImpl(ffi::ThreadPool pool, F32 v, F32 w_t, F32 proj, F32 r, F32 g, F32 g_in,
+                       bool accumulate, Out g_v, Out g_w_parts) {
+  const int64_t p = v.dimensions().back(), rows = v.element_count() / p, k = w_t.dimensions()[0];
+  return WithKV(k, [&]<int KV>() {
+    ProjBwd<KV>(pool, rows, p, k, v.typed_data(), w_t.typed_data(), proj.typed_data(), r.typed_data(),
+                g.typed_data(), accumulate ? g_in.typed_data() : nullptr, g_v->typed_data(),
+                g_w_parts->typed_data());
+  });
+}
+
+ffi::Error PreFwdImpl(ffi::ThreadPool pool, F32 x, F32 h, Out u) {
+  const Dims d = StreamDims(x);
+  return WithN(d.n, [&]<int N>() { PreFwd<N>(pool, d.t, d.c, x.typed_data(), h.typed_data(), u->typed_data()); });
+}
+
+ffi::Error PreBwdImpl(ffi::ThreadPool pool, F32 x, F32 h, F32 g, F32 g_in, bool accumulate, Out g_x,
+                      Out g_h) {
+  const Dims d = StreamDims(x);
+  return WithN(d.n, [&]<int N>() {
+    PreBwd<N>(pool, d.t, d.c, x.typed_data(), h.typed_data(), g.typed_data(),
+              accumulate ? g_in.typed_data() : nullptr, g_x->typed_data(), g_h->typed_data());
+  });
+}
+
+ffi::Error PostFwdImpl(ffi::ThreadPool pool, F32 x, F32 y, F32 h_post, F32 h_res, Out out) {
+  const Dims d = StreamDims(x);
+  return WithN(d.n, [&]<int N>() {
+    PostFwd<N>(pool, d.t, d.c, x.typed_data(), y.typed_data(), h_post.typed_data(), h_res.typed_data(),
+               out->typed_data());
+  });
+}
+
+ffi::Error PostBwdImpl(ffi::ThreadPool pool, F32 x, F32 y, F32 h_post, F32 h_res, F32 g, Out g_x,
+                       Out g_y, Out g_h_post, Out g_h_res) {
+  const Dims d = StreamDims(x);
+  return WithN(d.n, [&]<int N>() {
+    PostBwd<N>(pool, d.t, d.c, x.typed_data(), y.typed_data(), h_post.typed_data(), h_res.typed_data(),
+               g.typed_data(), g_x->typed_data(), g_y->typed_data(), g_h_post->typed_data(),
+               g_h_res->typed_data());
+  });
+}
+
+}  // namespace
+
+#define COEF_ATTRS                   \
+  .Attr<int64_t>("iters")            \
+      .Attr<float>("sinkhorn_eps")   \
+      .Attr<float>("pre_eps")        \
+      .Attr<float>("post_mult")      \
+      .Attr<float>("rms_eps")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcCoefFwd, CoefFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>() COEF_ATTRS.Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcCoefBwd, CoefBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Attr<bool>("accumulate") COEF_ATTRS.Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPreFwd, PreFwdImpl,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPreBwd, PreBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Attr<bool>("accumulate")
+                                  .Ret<F32>()
+                                  .Ret<F32>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPostFwd, PostFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPostBwd, PostBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcProjFwd, ProjFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Attr<float>("eps")
+                                  .Ret<F32>()
+                                  .Ret<F32>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcProjBwd, ProjBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Attr<bool>("accumulate")
+                                  .Ret<F32>()
+                                  .Ret<F32>());
