@@ -201,24 +201,37 @@ struct CoefAttrs {
 template <int KV>
 constexpr int kPadded = KV * kLanes;
 
+// Row pointers for a group of `size` rows, the missing ones (past `count`) aimed at zeros:
+// the loops over a group then have a fixed trip count and keep their sums in registers.
+template <int SIZE>
+inline void GroupRows(const float* v, int64_t first, int64_t count, int64_t p, const float* zeros,
+                      const float* (&rows)[SIZE]) {
+  for (int s = 0; s < SIZE; ++s) rows[s] = first + s < count ? v + (first + s) * p : zeros;
+}
+
+inline const float* Zeros(int64_t p) {
+  thread_local std::vector<float> zeros;
+  if (static_cast<int64_t>(zeros.size()) < p) zeros.assign(p, 0.f);
+  return zeros.data();
+}
+
 // proj[row][KP] and r[row] for `count` rows; w is read once per `SUB` rows.
 template <int KV>
 void ProjectRows(const float* v, int64_t count, int64_t p, const float* w, float (*proj)[kPadded<KV>],
                  float* r, float eps) {
   constexpr int KP = kPadded<KV>, SUB = std::max(1, 16 / KV);
+  const float* zeros = Zeros(p);
   for (int64_t t0 = 0; t0 < count; t0 += SUB) {
-    const int64_t m = std::min<int64_t>(SUB, count - t0);
+    const float* rows[SUB];
+    GroupRows<SUB>(v, t0, count, p, zeros, rows);
     v16 acc[SUB][KV] = {};
     for (int64_t q = 0; q < p; ++q) {
       v16 ws[KV];
       for (int kv = 0; kv < KV; ++kv) ws[kv] = load(w + q * KP + kv * kLanes);
-      for (int s = 0; s < SUB; ++s) {
-        if (s >= m) break;
-        const float b = v[(t0 + s) * p + q];
-        for (int kv = 0; kv < KV; ++kv) acc[s][kv] += b * ws[kv];
-      }
+      for (int s = 0; s < SUB; ++s)
+        for (int kv = 0; kv < KV; ++kv) acc[s][kv] += rows[s][q] * ws[kv];
     }
-    for (int s = 0; s < m; ++s)
+    for (int s = 0; s < SUB && t0 + s < count; ++s)
       for (int kv = 0; kv < KV; ++kv) store(proj[t0 + s] + kv * kLanes, acc[s][kv]);
   }
   const int64_t main = p - p % kLanes;
@@ -245,10 +258,13 @@ void ProjectRowsBackward(const float* v, int64_t count, int64_t p, int64_t k, co
     v16 ws[KP];
     for (int j = 0; j < k; ++j) ws[j] = load(w_t + j * p + q);
     for (int64_t row = 0; row < count; ++row) {
-      v16 acc = -coef[row] * load(v + row * p + q);
-      if (g_in) acc += load(g_in + row * p + q);
-      for (int j = 0; j < k; ++j) acc += gh[row][j] * ws[j];
-      store(g_v + row * p + q, acc);
+      v16 acc[4] = {-coef[row] * load(v + row * p + q)};  // four chains, not one k long
+      if (g_in) acc[1] = load(g_in + row * p + q);
+      int j = 0;
+      for (; j + 4 <= k; j += 4)
+        for (int u = 0; u < 4; ++u) acc[u] += gh[row][j + u] * ws[j + u];
+      for (; j < k; ++j) acc[0] += gh[row][j] * ws[j];
+      store(g_v + row * p + q, (acc[0] + acc[1]) + (acc[2] + acc[3]));
     }
   }
   for (int64_t q = main; q < p; ++q) {
@@ -258,20 +274,20 @@ void ProjectRowsBackward(const float* v, int64_t count, int64_t p, int64_t k, co
       g_v[row * p + q] = acc;
     }
   }
+  const float* zeros = Zeros(p);
   for (int64_t r0 = 0; r0 < count; r0 += 8) {  // eight rows' gh held in registers
-    const int64_t m = std::min<int64_t>(8, count - r0);
+    const float* rows[8];
+    GroupRows<8>(v, r0, count, p, zeros, rows);
     v16 ghv[8][KV] = {};
-    for (int64_t row = 0; row < m; ++row)
+    for (int64_t row = 0; row < 8 && r0 + row < count; ++row)
       for (int kv = 0; kv < KV; ++kv) ghv[row][kv] = load(gh[r0 + row] + kv * kLanes);
     for (int64_t q = 0; q < p; ++q) {
-      v16 acc[KV];
-      for (int kv = 0; kv < KV; ++kv) acc[kv] = load(g_w + q * KP + kv * kLanes);
-      for (int row = 0; row < 8; ++row) {
-        if (row >= m) break;
-        const float b = v[(r0 + row) * p + q];
-        for (int kv = 0; kv < KV; ++kv) acc[kv] += b * ghv[row][kv];
+      for (int kv = 0; kv < KV; ++kv) {
+        v16 pair[4];  // a tree of sums: no chain of eight dependent FMAs per q
+        for (int u = 0; u < 4; ++u) pair[u] = rows[2 * u][q] * ghv[2 * u][kv] + rows[2 * u + 1][q] * ghv[2 * u + 1][kv];
+        float* out = g_w + q * KP + kv * kLanes;
+        store(out, load(out) + ((pair[0] + pair[1]) + (pair[2] + pair[3])));
       }
-      for (int kv = 0; kv < KV; ++kv) store(g_w + q * KP + kv * kLanes, acc[kv]);
     }
   }
 }
