@@ -17,10 +17,10 @@ Every op takes ``implementation=``:
     compiled on first use; N <= 8, math in fp32): one pass per op, the coefficient kernel
     doing GEMM + RMS + gates + Sinkhorn per token, its backward the exact Sinkhorn VJP;
   * ``"auto"``: ``"cpu"`` on a single CPU device for fp32 streams with N <= 8, the exact
-    Sinkhorn gradient, and kernels that build (else ``"xla"``: XLA's partitioner would
-    all-gather a custom call's sharded operands); ``"xla"`` on GPUs and TPUs. The GPU kernels are checked in
-    interpret mode and lowered to Triton, but not yet timed on a GPU, so ``"auto"`` does
-    not pick them yet.
+    Sinkhorn gradient, and kernels that build; else ``"xla"`` (with several devices XLA's
+    partitioner would all-gather a custom call's sharded operands). ``"xla"`` on GPUs and
+    TPUs: the GPU kernels are checked in interpret mode and lowered to Triton, but not yet
+    timed on a GPU.
 The math runs in fp32 (fp64 for fp64 inputs) whatever the stream dtype; outputs of
 ``mhc_pre`` and ``mhc_post`` are stored in the stream dtype. Each op has a custom VJP that
 saves its inputs in their own dtype (an fp32 upcast of a bf16 stream is never stored).
@@ -146,9 +146,9 @@ def mhc_coefficients(
   v = x.reshape(x.shape[:-2] + (n * c,))
   kernel_cfg = pallas.Config(n, num_iters, float(sinkhorn_eps), float(pre_eps), float(post_mult),
                              float(rms_eps))
-  if impl == "pallas":
-    return _coefficients_pallas(v, phi, alpha, bias, kernel_cfg) + ((x,) if pass_stream else ())
   passed = (x,) if pass_stream else ()
+  if impl == "pallas":
+    return _coefficients_pallas(v, phi, alpha, bias, kernel_cfg) + passed
   if impl == "cpu":
     f32 = lambda a: a.astype(jnp.float32)
     passing = pass_stream and x.dtype == jnp.float32

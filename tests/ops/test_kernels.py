@@ -5,7 +5,9 @@ same kernels in interpret mode; the jax-triton subclass needs a GPU (run with
 JAX_PLATFORMS=cuda), its CPU twin is test_triton.py. Forward and VJP (random cotangents) across n in
 {1, 2, 4, 8}, ragged C (37; 300 spans two 256-column chunks with a masked tail), ragged T,
 fp32 and bf16 streams. The kernels must also lower to Triton for a GPU from this CPU
-machine, and remat must really replay them.
+machine, and remat must really replay them. The C++ CPU kernels (TestCpu) run for real here,
+plus their own checks: many token blocks, HC's projection, the passed stream's gradients,
+bitwise reproducibility, when "auto" picks them, and their build errors.
 """
 
 import os

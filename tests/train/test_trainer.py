@@ -91,15 +91,27 @@ def test_ctrl_c_saves_and_resumes_bit_identically(tmp_path, reference_run, monke
   assert strip(got) == strip(want)
 
 
-def test_kill_9_between_saves_then_resume_is_bit_identical(tmp_path, reference_run):
-  _, want = reference_run
-  cmd = [sys.executable, str(ROOT / "experiments/train.py"), "--config", str(ROOT / "configs/tiny_cpu.py"),
-         "--workdir", str(tmp_path), "--no-progress"]
-  cmd += [f"--config.{k}={getattr(FAST, k)}" for k in
-          ("train_steps", "eval_every", "checkpoint_every", "log_every", "eval_batches")]
+@pytest.mark.parametrize("devices", [8, 1], ids=["8-devices-xla-ops", "1-device-cpu-kernels"])
+def test_kill_9_between_saves_then_resume_is_bit_identical(tmp_path, reference_run, devices):
+  """On one device implementation="auto" runs the C++ kernels: they must resume exactly too."""
+  def cmd(workdir):
+    args = [sys.executable, str(ROOT / "experiments/train.py"), "--config", str(ROOT / "configs/tiny_cpu.py"),
+            "--workdir", str(workdir), "--no-progress"]
+    return args + [f"--config.{k}={getattr(FAST, k)}" for k in
+                   ("train_steps", "eval_every", "checkpoint_every", "log_every", "eval_batches")]
+
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  metrics = tmp_path / "metrics.jsonl"
+  want = reference_run[1]
+  if devices == 1:
+    env.pop("XLA_FLAGS")  # the suite's 8 fake devices
+    subprocess.run(cmd(tmp_path / "uninterrupted"), env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    xla_losses, want = [r["train_loss"] for r in want], _rows(tmp_path / "uninterrupted")
+    # Same model and data, other kernels: the same losses up to float reordering.
+    np.testing.assert_allclose([r["train_loss"] for r in want], xla_losses, rtol=2e-3)
+  workdir = tmp_path / "killed"
+  proc = subprocess.Popen(cmd(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
     if metrics.exists() and any(json.loads(l)["step"] >= 14 for l in metrics.read_text().splitlines()):
@@ -108,10 +120,10 @@ def test_kill_9_between_saves_then_resume_is_bit_identical(tmp_path, reference_r
   assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  last = _rows(tmp_path)[-1]["step"]
+  last = _rows(workdir)[-1]["step"]
   assert 14 <= last < 30  # killed mid-run, past the step-10 save
-  subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  assert strip(_rows(tmp_path)) == strip(want)
+  subprocess.run(cmd(workdir), env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  assert strip(_rows(workdir)) == strip(want)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):

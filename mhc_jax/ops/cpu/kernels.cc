@@ -1,13 +1,18 @@
 // Fused mHC kernels for XLA:CPU, called through the XLA FFI (jax.ffi).
 //
-// Each kernel makes one pass over the [T, N, C] stream state, token by token, in fp32:
-//   coef_fwd:  v = vec(x) -> proj = v @ phi, 1/rms(v), the gates and all Sinkhorn passes
-//   coef_bwd:  the Sinkhorn VJP (iterates kept per token), the gate VJPs, and
-//              dv = (g_logits * scale / rms) @ phi^T - (d 1/rms) v
+// Each kernel makes one pass over the [T, N, C] stream state, in fp32:
+//   coef_fwd:  v = vec(x) -> proj = v @ phi, 1/rms(v), the gates and all Sinkhorn passes,
+//              16 tokens at a time (one per vector lane for the gates and the Sinkhorn)
+//   coef_bwd:  the Sinkhorn VJP (the block's iterates kept), the gate VJPs,
+//              dv = (g_logits * scale / rms) @ phi^T - (d 1/rms) v and dphi = v^T (...)
+//   proj_fwd / proj_bwd: the same RMS projection on its own (HC: one row per stream)
 //   pre_fwd / pre_bwd, post_fwd / post_bwd: the stream mixes and their VJPs, with the
 //              per-token contractions over C (dH_pre, dH_post, dH_res) in the same pass.
-// XLA:CPU runs each of these as several passes of small dots and loop fusions (see
-// mhc_jax/ops/cpu/__init__.py). Tokens are split over XLA's intra-op thread pool.
+// The backward kernels optionally add a gradient that reaches x by another path (g_in),
+// so that XLA need not add the ops' stream gradients in passes of its own. XLA:CPU runs
+// each of these ops as several passes of small dots and loop fusions (see
+// mhc_jax/ops/cpu/__init__.py). Work is split over XLA's intra-op thread pool in fixed
+// ranges, so every result is the same whatever the thread count.
 //
 // Vectors are GCC/Clang vector extensions of 16 floats (one AVX-512 register; the
 // compiler splits them on narrower targets). N is a template parameter, 1..8.
