@@ -59,6 +59,12 @@ class _StreamConnection(nnx.Module):
     """``(h_pre, h_post, h_res)``, then x if ``pass_stream`` (see ``ops.mhc_coefficients``)."""
     raise NotImplementedError
 
+  def maps_and_input(self, x_XxNxC):
+    """``(h_pre, h_post, h_res, u, x)``: the maps, the sublayer input and the passed stream."""
+    h_pre, h_post, h_res, x_XxNxC = self.maps(x_XxNxC, pass_stream=True)
+    u_XxC, x_XxNxC = ops.mhc_pre(x_XxNxC, h_pre, implementation=self.implementation, pass_stream=True)
+    return h_pre, h_post, h_res, u_XxC, x_XxNxC
+
   def __call__(self, x_XxNxC, *args, **kwargs):
     n, c = self.num_streams, self.features
     if x_XxNxC.ndim < 2 or x_XxNxC.shape[-2:] != (n, c):
@@ -68,12 +74,11 @@ class _StreamConnection(nnx.Module):
       y = self.sublayer(x_XxNxC[..., 0, :], *args, **kwargs)
       return x_XxNxC + y[..., None, :].astype(x_XxNxC.dtype)
     # The stream is passed from op to op so that the "cpu" kernels add its gradients in-kernel.
-    h_pre, h_post, h_res, x_XxNxC = self.maps(x_XxNxC, pass_stream=True)
+    h_pre, h_post, h_res, u_XxC, x_XxNxC = self.maps_and_input(x_XxNxC)
     if self.capture_maps:
       self.h_pre = nnx.Intermediate(h_pre)
       self.h_post = nnx.Intermediate(h_post)
       self.h_res = nnx.Intermediate(h_res)
-    u_XxC, x_XxNxC = ops.mhc_pre(x_XxNxC, h_pre, implementation=self.implementation, pass_stream=True)
     y_XxC = self.sublayer(u_XxC, *args, **kwargs)
     return ops.mhc_post(x_XxNxC, y_XxC.astype(x_XxNxC.dtype), h_post, h_res,
                         implementation=self.implementation)
@@ -150,6 +155,12 @@ class ManifoldHyperConnection(_StreamConnection):
         x_XxNxC, self.phi[...], self.alpha[...], self.bias[...], num_iters=self.num_iters,
         sinkhorn_eps=self.sinkhorn_eps, sinkhorn_grad=self.sinkhorn_grad,
         implementation=self.implementation, pass_stream=pass_stream)
+
+  def maps_and_input(self, x_XxNxC):
+    return ops.mhc_coefficients(  # the "cpu" kernels compute u in the coefficients' pass
+        x_XxNxC, self.phi[...], self.alpha[...], self.bias[...], num_iters=self.num_iters,
+        sinkhorn_eps=self.sinkhorn_eps, sinkhorn_grad=self.sinkhorn_grad,
+        implementation=self.implementation, with_pre=True, pass_stream=True)
 
 
 CONNECTIONS = ("residual", "hc", "mhc")

@@ -104,6 +104,7 @@ def mhc_coefficients(
     post_mult: float = 2.0,
     rms_eps: float = 1e-6,
     implementation: str = "auto",
+    with_pre: bool = False,
     pass_stream: bool = False,
 ) -> tuple[jax.Array, ...]:
   """Per-token mHC mixing maps from the raw stream state (SPEC section 2).
@@ -119,6 +120,8 @@ def mhc_coefficients(
     rms_eps: epsilon of the RMS taken over the flattened N*C vector.
     implementation: ``"auto"`` | ``"xla"`` | ``"pallas"`` | ``"triton"`` | ``"cpu"`` (the
       kernels compute the exact Sinkhorn gradient: ``sinkhorn_grad="exact"`` only).
+    with_pre: also return the sublayer input ``u = mhc_pre(x, h_pre)`` (the ``"cpu"`` kernels
+      compute it, and its gradient, in the same pass over x).
     pass_stream: also return x, last, for the ops that follow to use instead of x. With the
       ``"cpu"`` kernels and an fp32 x, the gradient reaching x through them is then added
       inside this op's backward pass (XLA would add the ops' stream gradients in passes of
@@ -126,7 +129,7 @@ def mhc_coefficients(
 
   Returns:
     ``(h_pre [..., N], h_post [..., N], h_res [..., N, N])`` in fp32 (fp64 for fp64 input),
-    then x if ``pass_stream``.
+    then u ``[..., C]`` in x's dtype if ``with_pre``, then x if ``pass_stream``.
   """
   x, phi, alpha, bias = map(jnp.asarray, (x, phi, alpha, bias))
   impl, n, c = _check_stream(x, implementation, sinkhorn_grad)
@@ -143,29 +146,43 @@ def mhc_coefficients(
   _checks.check_int("num_iters", num_iters, 1)
   _checks.check_nonnegative("sinkhorn_eps", sinkhorn_eps)
 
-  v = x.reshape(x.shape[:-2] + (n * c,))
   kernel_cfg = pallas.Config(n, num_iters, float(sinkhorn_eps), float(pre_eps), float(post_mult),
                              float(rms_eps))
-  passed = (x,) if pass_stream else ()
-  if impl == "pallas":
-    return _coefficients_pallas(v, phi, alpha, bias, kernel_cfg) + passed
-  if impl == "cpu":
+  if impl == "cpu" and x.dtype == jnp.float32:  # the pre-apply and the passed stream fused in
     f32 = lambda a: a.astype(jnp.float32)
-    passing = pass_stream and x.dtype == jnp.float32
-    out = cpu.coefficients(f32(x.reshape(-1, n, c)), f32(phi), _column_scales(f32(alpha), n),
-                           f32(bias), kernel_cfg, passing)
+    out = cpu.coefficients(x.reshape(-1, n, c), f32(phi), _column_scales(f32(alpha), n), f32(bias),
+                           kernel_cfg, with_pre, pass_stream)
     maps = tuple(m.reshape(x.shape[:-2] + m.shape[1:]) for m in out[:3])
-    return maps + ((out[3].reshape(x.shape),) if passing else passed)
+    u = (out[3].reshape(x.shape[:-2] + (c,)),) if with_pre else ()
+    return maps + u + ((out[-1].reshape(x.shape),) if pass_stream else ())
+  maps = _maps(x, phi, alpha, bias, impl, kernel_cfg, sinkhorn_grad)
+  if not with_pre:
+    return maps + ((x,) if pass_stream else ())
+  u, x = mhc_pre(x, maps[0], implementation=impl, pass_stream=True)
+  return maps + (u,) + ((x,) if pass_stream else ())
+
+
+def _maps(x, phi, alpha, bias, impl, cfg, sinkhorn_grad):
+  """``(h_pre, h_post, h_res)`` of :func:`mhc_coefficients` for checked inputs."""
+  n, c = x.shape[-2:]
+  v = x.reshape(x.shape[:-2] + (n * c,))
+  if impl == "pallas":
+    return _coefficients_pallas(v, phi, alpha, bias, cfg)
+  if impl == "cpu":  # a bf16/fp16 x
+    f32 = lambda a: a.astype(jnp.float32)
+    maps = cpu.coefficients(f32(x.reshape(-1, n, c)), f32(phi), _column_scales(f32(alpha), n),
+                            f32(bias), cfg)
+    return tuple(m.reshape(x.shape[:-2] + m.shape[1:]) for m in maps)
   cdt = _checks.compute_dtype(x.dtype, phi.dtype)
   scale_K = _column_scales(alpha.astype(cdt), n)
-  logits = rms_projection(v, phi, float(rms_eps)) * scale_K + bias.astype(cdt)
-  h_pre = jax.nn.sigmoid(logits[..., :n]) + pre_eps
-  h_post = post_mult * jax.nn.sigmoid(logits[..., n:2 * n])
+  logits = rms_projection(v, phi, cfg.rms_eps) * scale_K + bias.astype(cdt)
+  h_pre = jax.nn.sigmoid(logits[..., :n]) + cfg.pre_eps
+  h_post = cfg.post_mult * jax.nn.sigmoid(logits[..., n:2 * n])
   res_logits = logits[..., 2 * n:].reshape(logits.shape[:-1] + (n, n))
   if impl == "triton":
-    return (h_pre, h_post, triton_kernels.sinkhorn(res_logits, num_iters, float(sinkhorn_eps))) + passed
-  h_res = sinkhorn_knopp(res_logits, num_iters=num_iters, eps=sinkhorn_eps, grad=sinkhorn_grad)
-  return (h_pre, h_post, h_res) + passed
+    return h_pre, h_post, triton_kernels.sinkhorn(res_logits, cfg.num_iters, cfg.sinkhorn_eps)
+  return h_pre, h_post, sinkhorn_knopp(res_logits, num_iters=cfg.num_iters, eps=cfg.sinkhorn_eps,
+                                       grad=sinkhorn_grad)
 
 
 def _coefficients_pallas(v_XxP, phi, alpha, bias, cfg):

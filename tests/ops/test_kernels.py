@@ -259,20 +259,29 @@ class TestCpu(CoefficientsMixin, PreMixin, PostMixin):
     for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
       _close(g, w, dtype)
 
-  def test_pass_stream_returns_x_and_keeps_every_gradient(self):
-    x = jax.random.normal(jax.random.PRNGKey(0), (5, 4, 24))
-    phi = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (96, 24))
+  @pytest.mark.parametrize("fused_pre", [False, True])
+  def test_pass_stream_and_with_pre_keep_every_gradient(self, fused_pre):
+    """The stream passed from op to op, and the pre-apply fused into the coefficients."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (21, 4, 40))  # two token blocks, ragged C
+    phi = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (160, 24))
+    bias = jax.random.normal(jax.random.PRNGKey(2), (24,))
 
-    def block(impl, x, phi):
-      h_pre, h_post, h_res, x1 = ops.mhc_coefficients(x, phi, jnp.ones(3), jnp.zeros(24),
-                                                      implementation=impl, pass_stream=True)
-      u, x2 = ops.mhc_pre(x1, h_pre, implementation=impl, pass_stream=True)
-      assert x1.shape == x2.shape == x.shape
-      return ops.mhc_post(x2, jnp.tanh(u), h_post, h_res, implementation=impl)
+    def block(impl, x, phi, bias):
+      coefficients = lambda **kw: ops.mhc_coefficients(x, phi, jnp.ones(3), bias, implementation=impl,
+                                                       pass_stream=True, **kw)
+      if fused_pre:
+        h_pre, h_post, h_res, u, x2 = coefficients(with_pre=True)
+      else:
+        h_pre, h_post, h_res, x1 = coefficients()
+        u, x2 = ops.mhc_pre(x1, h_pre, implementation=impl, pass_stream=True)
+      assert x2.shape == x.shape and u.shape == (21, 40)
+      # h_pre is used again downstream: its cotangent must reach the kernel too
+      return ops.mhc_post(x2, jnp.tanh(u), h_post, h_res, implementation=impl) * jnp.sum(h_pre)
 
-    x_out = ops.mhc_pre(x, jnp.ones((5, 4)), implementation="cpu", pass_stream=True)[1]
+    x_out = ops.mhc_pre(x, jnp.ones((21, 4)), implementation="cpu", pass_stream=True)[1]
     np.testing.assert_array_equal(x_out, x)
-    loss = lambda impl: jax.value_and_grad(lambda *a: jnp.sum(block(impl, *a) ** 2), argnums=(0, 1))(x, phi)
+    loss = lambda impl: jax.value_and_grad(lambda *a: jnp.sum(block(impl, *a) ** 2),
+                                           argnums=(0, 1, 2))(x, phi, bias)
     for got, want in zip(jax.tree.leaves(loss("cpu")), jax.tree.leaves(loss("xla")), strict=True):
       _close(got, want, jnp.float32)
 

@@ -182,36 +182,41 @@ def _padded(k: int) -> int:
   return -(-k // 16) * 16
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def coefficients(x_TxNxC, phi_PxK, scale_K, bias_K, cfg, passing: bool = False):
-  """``(h_pre [T, N], h_post [T, N], h_res [T, N, N])`` from fp32 x ``[T, N, C]``, plus x if ``passing``.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def coefficients(x_TxNxC, phi_PxK, scale_K, bias_K, cfg, with_pre: bool = False, passing: bool = False):
+  """``(h_pre [T, N], h_post [T, N], h_res [T, N, N])`` from fp32 x ``[T, N, C]``.
 
-  ``scale_K`` holds the per-column gates (alpha_pre/post/res), ``cfg`` is a
-  :class:`mhc_jax.ops.pallas.Config`. The VJP is exact (the Sinkhorn's too).
+  Then ``u = sum_i h_pre[i] x_i`` ``[T, C]`` if ``with_pre`` (the pre-apply in the same pass,
+  its VJP in the backward's), then x if ``passing``. ``scale_K`` holds the per-column gates
+  (alpha_pre/post/res), ``cfg`` is a :class:`mhc_jax.ops.pallas.Config`. The VJP is exact
+  (the Sinkhorn's too).
   """
-  return _coef_fwd(x_TxNxC, phi_PxK, scale_K, bias_K, cfg, passing)[0]
+  return _coef_fwd(x_TxNxC, phi_PxK, scale_K, bias_K, cfg, with_pre, passing)[0]
 
 
-def _coef_fwd(x, phi_PxK, scale_K, bias_K, cfg, passing):
-  t, n, _ = x.shape
+def _coef_fwd(x, phi_PxK, scale_K, bias_K, cfg, with_pre, passing):
+  t, n, c = x.shape
   k = phi_PxK.shape[1]
-  h_pre, h_post, h_res, proj, inv_r = _call(
-      "coef_fwd", (_f32((t, n)), _f32((t, n)), _f32((t, n, n)), _f32((t, k)), _f32((t,))),
-      x, jnp.pad(phi_PxK, ((0, 0), (0, _padded(k) - k))), scale_K, bias_K, **_attrs(cfg))
-  maps = (h_pre, h_post, h_res) + ((x,) if passing else ())
-  return maps, (x, jnp.swapaxes(phi_PxK, 0, 1), scale_K, bias_K, proj, inv_r)
+  h_pre, h_post, h_res, proj, inv_r, u = _call(
+      "coef_fwd", (_f32((t, n)), _f32((t, n)), _f32((t, n, n)), _f32((t, k)), _f32((t,)),
+                   _f32((t, c) if with_pre else (1,))),
+      x, jnp.pad(phi_PxK, ((0, 0), (0, _padded(k) - k))), scale_K, bias_K, with_pre=with_pre,
+      **_attrs(cfg))
+  outs = (h_pre, h_post, h_res) + ((u,) if with_pre else ()) + ((x,) if passing else ())
+  return outs, (x, jnp.swapaxes(phi_PxK, 0, 1), scale_K, bias_K, proj, inv_r)
 
 
-def _coef_bwd(cfg, passing, res, grads):
+def _coef_bwd(cfg, with_pre, passing, res, grads):
   x, phi_KxP, scale_K, bias_K, proj_TxK, inv_r_T = res
   g_pre, g_post, g_res = grads[:3]
-  g_in, accumulate = _accumulating(grads[3] if passing else None)
+  g_u = grads[3] if with_pre else jnp.zeros((1,), F32)
+  g_in, accumulate = _accumulating(grads[-1] if passing else None)
   t, k = proj_TxK.shape
   p = phi_KxP.shape[1]
   g_x, g_logits, g_phi_parts = _call(
       "coef_bwd", (_f32(x.shape), _f32((t, k)), _f32((GRAD_SLOTS, p, _padded(k)))),
-      x, phi_KxP, scale_K, bias_K, proj_TxK, inv_r_T, g_pre, g_post, g_res, g_in,
-      accumulate=accumulate, **_attrs(cfg))
+      x, phi_KxP, scale_K, bias_K, proj_TxK, inv_r_T, g_pre, g_post, g_res, g_u, g_in,
+      with_pre=with_pre, accumulate=accumulate, **_attrs(cfg))
   # logits = proj * inv_r * scale + bias, proj = v @ phi.
   g_scale = jnp.sum(g_logits * proj_TxK * inv_r_T[:, None], axis=0)
   g_phi = jnp.sum(g_phi_parts, axis=0)[:, :k]

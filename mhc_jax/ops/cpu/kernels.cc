@@ -197,6 +197,66 @@ struct CoefAttrs {
   float sinkhorn_eps, pre_eps, post_mult, rms_eps;
 };
 
+// ------------------------------------------------------------------ pre-apply, per token
+// Vector body over lanes [q, q + W) of C, W = 16 (v16) or 1 (float); the same code
+// handles the ragged tail.
+
+template <class V>
+struct Lane;
+template <>
+struct Lane<v16> {
+  static constexpr int64_t kWidth = kLanes;
+  static v16 Load(const float* p) { return load(p); }
+  static void Store(float* p, v16 v) { store(p, v); }
+  static float Sum(v16 v) { return hsum(v); }
+};
+template <>
+struct Lane<float> {
+  static constexpr int64_t kWidth = 1;
+  static float Load(const float* p) { return *p; }
+  static void Store(float* p, float v) { *p = v; }
+  static float Sum(float v) { return v; }
+};
+
+// Calls body.template operator()<V>(q) over C: v16 steps, then float steps for the tail.
+template <class Body>
+inline void OverC(int64_t c, Body&& body) {
+  int64_t q = 0;
+  for (; q + kLanes <= c; q += kLanes) body.template operator()<v16>(q);
+  for (; q < c; ++q) body.template operator()<float>(q);
+}
+
+// u = sum_i h[i] x_i for one token (x_t [N, C]).
+template <int N>
+inline void PreToken(const float* xt, const float* h, int64_t c, float* ut) {
+  OverC(c, [&]<class V>(int64_t q) {
+    using L = Lane<V>;
+    V acc = h[0] * L::Load(xt + q);
+    for (int i = 1; i < N; ++i) acc += h[i] * L::Load(xt + i * c + q);
+    L::Store(ut + q, acc);
+  });
+}
+
+// Its VJP for one token: g_x = g_in + h (x) g (g_in may be null) and g_h[i] = x_i . g.
+template <int N>
+inline void PreTokenBackward(const float* xt, const float* h, const float* gt, int64_t c,
+                             const float* g_in, float* gxt, float* g_h) {
+  v16 dot[N] = {};
+  float tail[N] = {};
+  OverC(c, [&]<class V>(int64_t q) {
+    using L = Lane<V>;
+    const V gq = L::Load(gt + q);
+    for (int i = 0; i < N; ++i) {
+      V gx = h[i] * gq;
+      if (g_in) gx += L::Load(g_in + i * c + q);
+      L::Store(gxt + i * c + q, gx);
+      const V prod = L::Load(xt + i * c + q) * gq;
+      if constexpr (L::kWidth == 1) tail[i] += prod; else dot[i] += prod;
+    }
+  });
+  for (int i = 0; i < N; ++i) g_h[i] = hsum(dot[i]) + tail[i];
+}
+
 // ------------------------------------------------------------------ RMS projection
 // Rows v [R, P]: proj = v @ w and r = (mean(v^2) + eps)^(-1/2), the projection shared by
 // the mHC coefficients (one row per token, P = N*C) and HC's (one row per stream, P = C).
@@ -375,7 +435,7 @@ struct Coef {
 template <int N>
 void CoefFwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const float* phi,
              const float* scale, const float* bias, const CoefAttrs& a, float* h_pre, float* h_post,
-             float* h_res, float* proj_out, float* r_out) {
+             float* h_res, float* proj_out, float* r_out, float* u) {
   using S = Coef<N>;
   constexpr int K = S::K;
   const int64_t p = N * c, blocks = (t + kLanes - 1) / kLanes;
@@ -402,6 +462,7 @@ void CoefFwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const 
         for (int k = 0; k < N * N; ++k) h_res[tok * N * N + k] = hr[k][l];
         for (int k = 0; k < K; ++k) proj_out[tok * K + k] = proj[l][k];
         r_out[tok] = r[l];
+        if (u) PreToken<N>(x + tok * p, h_pre + tok * N, c, u + tok * c);  // x_t still in cache
       }
     }
   });
@@ -410,8 +471,8 @@ void CoefFwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const 
 template <int N>
 void CoefBwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const float* phi_t,
              const float* scale, const float* bias, const float* proj_in, const float* r_in,
-             const float* g_pre, const float* g_post, const float* g_res, const float* g_in,
-             const CoefAttrs& a, float* g_x, float* g_logits, float* g_phi_parts) {
+             const float* g_pre, const float* g_post, const float* g_res, const float* g_u,
+             const float* g_in, const CoefAttrs& a, float* g_x, float* g_logits, float* g_phi_parts) {
   using S = Coef<N>;
   constexpr int K = S::K;
   const int64_t p = N * c;
@@ -432,11 +493,27 @@ void CoefBwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const 
       }
       for (int k = 0; k < N * N; ++k) gl[2 * N + k][l] = g_res[tok * N * N + k];
     }
-    v16 logits[K], hr[N * N];
+    v16 logits[K], hr[N * N], sp[N];
     S::Logits(proj, r, scale, bias, logits);
+    for (int i = 0; i < N; ++i) sp[i] = Sigmoid(logits[i]);
+    // With the pre-apply fused in (g_u): its VJP per token, into the block's buffer that
+    // then stands for g_in, and dh_pre = x_i . g_u into the pre gates' gradient.
+    const float* g_in_block = g_in ? g_in + t0 * p : nullptr;
+    if (g_u) {
+      thread_local std::vector<float> buffer;
+      buffer.resize(kLanes * p);
+      for (int64_t l = 0; l < count; ++l) {
+        float hp[N], dh[N];
+        for (int i = 0; i < N; ++i) hp[i] = sp[i][l] + a.pre_eps;
+        PreTokenBackward<N>(x + (t0 + l) * p, hp, g_u + (t0 + l) * c, c,
+                            g_in_block ? g_in_block + l * p : nullptr, buffer.data() + l * p, dh);
+        for (int i = 0; i < N; ++i) gp[i][l] += dh[i];
+      }
+      g_in_block = buffer.data();
+    }
     for (int i = 0; i < N; ++i) {
-      const v16 sp = Sigmoid(logits[i]), sq = Sigmoid(logits[N + i]);
-      gl[i] = gp[i] * sp * (1.f - sp);
+      const v16 sq = Sigmoid(logits[N + i]);
+      gl[i] = gp[i] * sp[i] * (1.f - sp[i]);
       gl[N + i] = gq[i] * a.post_mult * sq * (1.f - sq);
     }
     SinkhornForward<N>(logits + 2 * N, hr, a.iters, a.sinkhorn_eps, trace.data());
@@ -453,54 +530,14 @@ void CoefBwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const 
       }
       coef[l] = g_r * r[l] * r[l] * r[l] / p;
     }
-    ProjectRowsBackward<S::KV>(x + t0 * p, count, p, K, phi_t, gh, coef, g_in ? g_in + t0 * p : nullptr,
-                               g_x + t0 * p, g_phi);
+    ProjectRowsBackward<S::KV>(x + t0 * p, count, p, K, phi_t, gh, coef, g_in_block, g_x + t0 * p, g_phi);
   });
-}
-
-// ---------------------------------------------------------------------- pre / post
-// Vector body over lanes [q, q + W) of C, W = 16 (v16) or 1 (float); the same code
-// handles the ragged tail.
-
-template <class V>
-struct Lane;
-template <>
-struct Lane<v16> {
-  static constexpr int64_t kWidth = kLanes;
-  static v16 Load(const float* p) { return load(p); }
-  static void Store(float* p, v16 v) { store(p, v); }
-  static float Sum(v16 v) { return hsum(v); }
-};
-template <>
-struct Lane<float> {
-  static constexpr int64_t kWidth = 1;
-  static float Load(const float* p) { return *p; }
-  static void Store(float* p, float v) { *p = v; }
-  static float Sum(float v) { return v; }
-};
-
-// Calls body.template operator()<V>(q) over C: v16 steps, then float steps for the tail.
-template <class Body>
-inline void OverC(int64_t c, Body&& body) {
-  int64_t q = 0;
-  for (; q + kLanes <= c; q += kLanes) body.template operator()<v16>(q);
-  for (; q < c; ++q) body.template operator()<float>(q);
 }
 
 template <int N>
 void PreFwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const float* h, float* u) {
   ParallelFor(pool, t, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t tok = begin; tok < end; ++tok) {
-      const float* xt = x + tok * N * c;
-      const float* ht = h + tok * N;
-      float* ut = u + tok * c;
-      OverC(c, [&]<class V>(int64_t q) {
-        using L = Lane<V>;
-        V acc = ht[0] * L::Load(xt + q);
-        for (int i = 1; i < N; ++i) acc += ht[i] * L::Load(xt + i * c + q);
-        L::Store(ut + q, acc);
-      });
-    }
+    for (int64_t tok = begin; tok < end; ++tok) PreToken<N>(x + tok * N * c, h + tok * N, c, u + tok * c);
   });
 }
 
@@ -508,25 +545,9 @@ template <int N>
 void PreBwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const float* h,
             const float* g, const float* g_in, float* g_x, float* g_h) {
   ParallelFor(pool, t, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t tok = begin; tok < end; ++tok) {
-      const float* xt = x + tok * N * c;
-      const float* gt = g + tok * c;
-      float* gxt = g_x + tok * N * c;
-      v16 dot[N] = {};
-      float tail[N] = {};
-      OverC(c, [&]<class V>(int64_t q) {
-        using L = Lane<V>;
-        const V gq = L::Load(gt + q);
-        for (int i = 0; i < N; ++i) {
-          V gx = h[tok * N + i] * gq;
-          if (g_in) gx += L::Load(g_in + tok * N * c + i * c + q);
-          L::Store(gxt + i * c + q, gx);
-          const V prod = L::Load(xt + i * c + q) * gq;
-          if constexpr (L::kWidth == 1) tail[i] += prod; else dot[i] += prod;
-        }
-      });
-      for (int i = 0; i < N; ++i) g_h[tok * N + i] = hsum(dot[i]) + tail[i];
-    }
+    for (int64_t tok = begin; tok < end; ++tok)
+      PreTokenBackward<N>(x + tok * N * c, h + tok * N, g + tok * c, c, g_in ? g_in + tok * N * c : nullptr,
+                          g_x + tok * N * c, g_h + tok * N);
   });
 }
 
@@ -634,9 +655,9 @@ Dims StreamDims(const F32& x) {
   return out;
 }
 
-ffi::Error CoefFwdImpl(ffi::ThreadPool pool, F32 x, F32 phi, F32 scale, F32 bias, int64_t iters,
-                       float sinkhorn_eps, float pre_eps, float post_mult, float rms_eps, Out h_pre,
-                       Out h_post, Out h_res, Out proj, Out inv_r) {
+ffi::Error CoefFwdImpl(ffi::ThreadPool pool, F32 x, F32 phi, F32 scale, F32 bias, bool with_pre,
+                       int64_t iters, float sinkhorn_eps, float pre_eps, float post_mult, float rms_eps,
+                       Out h_pre, Out h_post, Out h_res, Out proj, Out inv_r, Out u) {
   const Dims d = StreamDims(x);
   const CoefAttrs a{iters, sinkhorn_eps, pre_eps, post_mult, rms_eps};
   ffi::Error status = ffi::Error::Success();
@@ -647,14 +668,14 @@ ffi::Error CoefFwdImpl(ffi::ThreadPool pool, F32 x, F32 phi, F32 scale, F32 bias
     }
     CoefFwd<N>(pool, d.t, d.c, x.typed_data(), phi.typed_data(), scale.typed_data(),
                bias.typed_data(), a, h_pre->typed_data(), h_post->typed_data(), h_res->typed_data(),
-               proj->typed_data(), inv_r->typed_data());
+               proj->typed_data(), inv_r->typed_data(), with_pre ? u->typed_data() : nullptr);
   });
   return n_ok.failure() ? n_ok : status;
 }
 
 ffi::Error CoefBwdImpl(ffi::ThreadPool pool, F32 x, F32 phi_t, F32 scale, F32 bias, F32 proj,
-                       F32 inv_r, F32 g_pre, F32 g_post, F32 g_res, F32 g_in, bool accumulate,
-                       int64_t iters, float sinkhorn_eps,
+                       F32 inv_r, F32 g_pre, F32 g_post, F32 g_res, F32 g_u, F32 g_in, bool with_pre,
+                       bool accumulate, int64_t iters, float sinkhorn_eps,
                        float pre_eps, float post_mult, float rms_eps, Out g_x, Out g_logits,
                        Out g_phi_parts) {
   const Dims d = StreamDims(x);
@@ -662,7 +683,8 @@ ffi::Error CoefBwdImpl(ffi::ThreadPool pool, F32 x, F32 phi_t, F32 scale, F32 bi
   return WithN(d.n, [&]<int N>() {
     CoefBwd<N>(pool, d.t, d.c, x.typed_data(), phi_t.typed_data(), scale.typed_data(),
                bias.typed_data(), proj.typed_data(), inv_r.typed_data(), g_pre.typed_data(),
-               g_post.typed_data(), g_res.typed_data(), accumulate ? g_in.typed_data() : nullptr, a,
+               g_post.typed_data(), g_res.typed_data(), with_pre ? g_u.typed_data() : nullptr,
+               accumulate ? g_in.typed_data() : nullptr, a,
                g_x->typed_data(), g_logits->typed_data(),
                g_phi_parts->typed_data());
   });
@@ -750,7 +772,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcCoefFwd, CoefFwdImpl,
                                   .Arg<F32>()
                                   .Arg<F32>()
                                   .Arg<F32>()
-                                  .Arg<F32>() COEF_ATTRS.Ret<F32>()
+                                  .Arg<F32>()
+                                  .Attr<bool>("with_pre") COEF_ATTRS.Ret<F32>()
+                                  .Ret<F32>()
                                   .Ret<F32>()
                                   .Ret<F32>()
                                   .Ret<F32>()
@@ -769,6 +793,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcCoefBwd, CoefBwdImpl,
                                   .Arg<F32>()
                                   .Arg<F32>()
                                   .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Attr<bool>("with_pre")
                                   .Attr<bool>("accumulate") COEF_ATTRS.Ret<F32>()
                                   .Ret<F32>()
                                   .Ret<F32>());
