@@ -149,12 +149,7 @@ def mhc_coefficients(
   kernel_cfg = pallas.Config(n, num_iters, float(sinkhorn_eps), float(pre_eps), float(post_mult),
                              float(rms_eps))
   if impl == "cpu" and x.dtype == jnp.float32:  # the pre-apply and the passed stream fused in
-    f32 = lambda a: a.astype(jnp.float32)
-    out = cpu.coefficients(x.reshape(-1, n, c), f32(phi), _column_scales(f32(alpha), n), f32(bias),
-                           kernel_cfg, with_pre, pass_stream)
-    maps = tuple(m.reshape(x.shape[:-2] + m.shape[1:]) for m in out[:3])
-    u = (out[3].reshape(x.shape[:-2] + (c,)),) if with_pre else ()
-    return maps + u + ((out[-1].reshape(x.shape),) if pass_stream else ())
+    return _coefficients_cpu(x, phi, alpha, bias, kernel_cfg, with_pre, pass_stream)
   maps = _maps(x, phi, alpha, bias, impl, kernel_cfg, sinkhorn_grad)
   if not with_pre:
     return maps + ((x,) if pass_stream else ())
@@ -168,11 +163,8 @@ def _maps(x, phi, alpha, bias, impl, cfg, sinkhorn_grad):
   v = x.reshape(x.shape[:-2] + (n * c,))
   if impl == "pallas":
     return _coefficients_pallas(v, phi, alpha, bias, cfg)
-  if impl == "cpu":  # a bf16/fp16 x
-    f32 = lambda a: a.astype(jnp.float32)
-    maps = cpu.coefficients(f32(x.reshape(-1, n, c)), f32(phi), _column_scales(f32(alpha), n),
-                            f32(bias), cfg)
-    return tuple(m.reshape(x.shape[:-2] + m.shape[1:]) for m in maps)
+  if impl == "cpu":  # a bf16/fp16 x: the kernels' u and passed x would be fp32
+    return _coefficients_cpu(x, phi, alpha, bias, cfg, with_pre=False, pass_stream=False)
   cdt = _checks.compute_dtype(x.dtype, phi.dtype)
   scale_K = _column_scales(alpha.astype(cdt), n)
   logits = rms_projection(v, phi, cfg.rms_eps) * scale_K + bias.astype(cdt)
@@ -183,6 +175,17 @@ def _maps(x, phi, alpha, bias, impl, cfg, sinkhorn_grad):
     return h_pre, h_post, triton_kernels.sinkhorn(res_logits, cfg.num_iters, cfg.sinkhorn_eps)
   return h_pre, h_post, sinkhorn_knopp(res_logits, num_iters=cfg.num_iters, eps=cfg.sinkhorn_eps,
                                        grad=sinkhorn_grad)
+
+
+def _coefficients_cpu(x, phi, alpha, bias, cfg, with_pre: bool, pass_stream: bool):
+  """The C++ coefficient kernel on x ``[..., N, C]``: the maps, then u, then x (as asked)."""
+  n, c = cfg.n, x.shape[-1]
+  f32 = lambda a: a.astype(jnp.float32)
+  out = cpu.coefficients(f32(x.reshape(-1, n, c)), f32(phi), _column_scales(f32(alpha), n), f32(bias),
+                         cfg, with_pre, pass_stream)
+  maps = tuple(m.reshape(x.shape[:-2] + m.shape[1:]) for m in out[:3])
+  u = (out[3].reshape(x.shape[:-2] + (c,)),) if with_pre else ()
+  return maps + u + ((out[-1].reshape(x.shape),) if pass_stream else ())
 
 
 def _coefficients_pallas(v_XxP, phi, alpha, bias, cfg):

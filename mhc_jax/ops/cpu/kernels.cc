@@ -659,18 +659,14 @@ ffi::Error CoefFwdImpl(ffi::ThreadPool pool, F32 x, F32 phi, F32 scale, F32 bias
                        int64_t iters, float sinkhorn_eps, float pre_eps, float post_mult, float rms_eps,
                        Out h_pre, Out h_post, Out h_res, Out proj, Out inv_r, Out u) {
   const Dims d = StreamDims(x);
+  if (phi.dimensions()[1] != (d.n * d.n + 2 * d.n + kLanes - 1) / kLanes * kLanes)
+    return ffi::Error::InvalidArgument("coef_fwd: phi must be padded to whole 16-column vectors");
   const CoefAttrs a{iters, sinkhorn_eps, pre_eps, post_mult, rms_eps};
-  ffi::Error status = ffi::Error::Success();
-  ffi::Error n_ok = WithN(d.n, [&]<int N>() {
-    if (phi.dimensions()[1] != Coef<N>::KP) {
-      status = ffi::Error::InvalidArgument("coef_fwd: phi must be padded to Coef<N>::KP columns");
-      return;
-    }
+  return WithN(d.n, [&]<int N>() {
     CoefFwd<N>(pool, d.t, d.c, x.typed_data(), phi.typed_data(), scale.typed_data(),
                bias.typed_data(), a, h_pre->typed_data(), h_post->typed_data(), h_res->typed_data(),
                proj->typed_data(), inv_r->typed_data(), with_pre ? u->typed_data() : nullptr);
   });
-  return n_ok.failure() ? n_ok : status;
 }
 
 ffi::Error CoefBwdImpl(ffi::ThreadPool pool, F32 x, F32 phi_t, F32 scale, F32 bias, F32 proj,
@@ -759,100 +755,24 @@ ffi::Error PostBwdImpl(ffi::ThreadPool pool, F32 x, F32 y, F32 h_post, F32 h_res
 
 }  // namespace
 
-#define COEF_ATTRS                   \
-  .Attr<int64_t>("iters")            \
-      .Attr<float>("sinkhorn_eps")   \
-      .Attr<float>("pre_eps")        \
-      .Attr<float>("post_mult")      \
-      .Attr<float>("rms_eps")
+// Bindings: the thread pool, the fp32 buffer arguments, the attributes, the fp32 results.
+#define BIND ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()
+#define ARGS2 .Arg<F32>().Arg<F32>()
+#define ARGS4 ARGS2 ARGS2
+#define RETS2 .Ret<F32>().Ret<F32>()
+#define COEF_ATTRS                                                                     \
+  .Attr<int64_t>("iters").Attr<float>("sinkhorn_eps").Attr<float>("pre_eps")          \
+      .Attr<float>("post_mult").Attr<float>("rms_eps")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcCoefFwd, CoefFwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Attr<bool>("with_pre") COEF_ATTRS.Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>());
-
+                              BIND ARGS4.Attr<bool>("with_pre") COEF_ATTRS RETS2 RETS2 RETS2);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcCoefBwd, CoefBwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Attr<bool>("with_pre")
-                                  .Attr<bool>("accumulate") COEF_ATTRS.Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPreFwd, PreFwdImpl,
-                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPreBwd, PreBwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Attr<bool>("accumulate")
-                                  .Ret<F32>()
-                                  .Ret<F32>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPostFwd, PostFwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPostBwd, PostBwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcProjFwd, ProjFwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Attr<float>("eps")
-                                  .Ret<F32>()
-                                  .Ret<F32>());
-
+                              BIND ARGS4 ARGS4 ARGS2.Arg<F32>().Attr<bool>("with_pre")
+                                  .Attr<bool>("accumulate") COEF_ATTRS RETS2.Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPreFwd, PreFwdImpl, BIND ARGS2.Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPreBwd, PreBwdImpl, BIND ARGS4.Attr<bool>("accumulate") RETS2);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPostFwd, PostFwdImpl, BIND ARGS4.Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPostBwd, PostBwdImpl, BIND ARGS4.Arg<F32>() RETS2 RETS2);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcProjFwd, ProjFwdImpl, BIND ARGS2.Attr<float>("eps") RETS2);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcProjBwd, ProjBwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Attr<bool>("accumulate")
-                                  .Ret<F32>()
-                                  .Ret<F32>());
+                              BIND ARGS4 ARGS2.Attr<bool>("accumulate") RETS2);
