@@ -55,15 +55,9 @@ class _StreamConnection(nnx.Module):
     self.implementation = implementation
     self.capture_maps = capture_maps
 
-  def maps(self, x_XxNxC, pass_stream: bool = False):
-    """``(h_pre, h_post, h_res)``, then x if ``pass_stream`` (see ``ops.mhc_coefficients``)."""
+  def maps(self, x_XxNxC, with_pre: bool = False, pass_stream: bool = False):
+    """``(h_pre, h_post, h_res)``, then u and x as asked (see ``ops.mhc_coefficients``)."""
     raise NotImplementedError
-
-  def maps_and_input(self, x_XxNxC):
-    """``(h_pre, h_post, h_res, u, x)``: the maps, the sublayer input and the passed stream."""
-    h_pre, h_post, h_res, x_XxNxC = self.maps(x_XxNxC, pass_stream=True)
-    u_XxC, x_XxNxC = ops.mhc_pre(x_XxNxC, h_pre, implementation=self.implementation, pass_stream=True)
-    return h_pre, h_post, h_res, u_XxC, x_XxNxC
 
   def __call__(self, x_XxNxC, *args, **kwargs):
     n, c = self.num_streams, self.features
@@ -73,8 +67,9 @@ class _StreamConnection(nnx.Module):
     if n == 1:
       y = self.sublayer(x_XxNxC[..., 0, :], *args, **kwargs)
       return x_XxNxC + y[..., None, :].astype(x_XxNxC.dtype)
-    # The stream is passed from op to op so that the "cpu" kernels add its gradients in-kernel.
-    h_pre, h_post, h_res, u_XxC, x_XxNxC = self.maps_and_input(x_XxNxC)
+    # The stream is passed from op to op so that the "cpu" kernels add its gradients in-kernel,
+    # and the maps come with the sublayer input (the kernels compute it in the same pass).
+    h_pre, h_post, h_res, u_XxC, x_XxNxC = self.maps(x_XxNxC, with_pre=True, pass_stream=True)
     if self.capture_maps:
       self.h_pre = nnx.Intermediate(h_pre)
       self.h_post = nnx.Intermediate(h_post)
@@ -106,12 +101,11 @@ class HyperConnection(_StreamConnection):
       self.s_alpha = nnx.Param(jnp.asarray(gate_init, jnp.float32))
       self.s_beta = nnx.Param(jnp.asarray(gate_init, jnp.float32))
 
-  def maps(self, x_XxNxC, pass_stream: bool = False):
+  def maps(self, x_XxNxC, with_pre: bool = False, pass_stream: bool = False):
     static = (self.a_pre[...], self.b_post[...], self.a_res[...])
-    if not self.dynamic:
-      return ops.hc_coefficients(x_XxNxC, *static, pass_stream=pass_stream)
-    return ops.hc_coefficients(x_XxNxC, *static, self.w[...], self.s_alpha[...], self.s_beta[...],
-                               implementation=self.implementation, pass_stream=pass_stream)
+    dynamic = (self.w[...], self.s_alpha[...], self.s_beta[...]) if self.dynamic else ()
+    return ops.hc_coefficients(x_XxNxC, *static, *dynamic, implementation=self.implementation,
+                               with_pre=with_pre, pass_stream=pass_stream)
 
 
 class ManifoldHyperConnection(_StreamConnection):
@@ -150,17 +144,11 @@ class ManifoldHyperConnection(_StreamConnection):
       bias = bias.at[:n].set(pre).at[2 * n:].set(res)
     self.bias = nnx.Param(bias)
 
-  def maps(self, x_XxNxC, pass_stream: bool = False):
+  def maps(self, x_XxNxC, with_pre: bool = False, pass_stream: bool = False):
     return ops.mhc_coefficients(
         x_XxNxC, self.phi[...], self.alpha[...], self.bias[...], num_iters=self.num_iters,
         sinkhorn_eps=self.sinkhorn_eps, sinkhorn_grad=self.sinkhorn_grad,
-        implementation=self.implementation, pass_stream=pass_stream)
-
-  def maps_and_input(self, x_XxNxC):
-    return ops.mhc_coefficients(  # the "cpu" kernels compute u in the coefficients' pass
-        x_XxNxC, self.phi[...], self.alpha[...], self.bias[...], num_iters=self.num_iters,
-        sinkhorn_eps=self.sinkhorn_eps, sinkhorn_grad=self.sinkhorn_grad,
-        implementation=self.implementation, with_pre=True, pass_stream=True)
+        implementation=self.implementation, with_pre=with_pre, pass_stream=pass_stream)
 
 
 CONNECTIONS = ("residual", "hc", "mhc")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from mhc_jax.ops import _checks, cpu
 from mhc_jax.ops._projection import rms_projection
-from mhc_jax.ops.mhc import _concrete
+from mhc_jax.ops.mhc import _check_stream, mhc_pre
 
 
 def hc_static_init(n: int, layer_index) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -37,6 +37,7 @@ def hc_coefficients(
     *,
     rms_eps: float = 1e-6,
     implementation: str = "auto",
+    with_pre: bool = False,
     pass_stream: bool = False,
 ) -> tuple[jax.Array, ...]:
   """HC mixing maps for x ``[..., N, C]``; ``w=None`` gives static HC.
@@ -46,40 +47,45 @@ def hc_coefficients(
     a_pre, b_post: ``[N]`` static parts; a_res: ``[N, N]`` (HC paper layout, transposed on use).
     w: ``[C, N + 2]`` dynamic weights, columns [pre | post | res (N)]; None for static HC.
     s_alpha, s_beta: scalar gates of the dynamic parts.
-    implementation: where the RMS projection runs: ``"cpu"`` (the C++ kernel, see
-      :mod:`mhc_jax.ops.mhc`), ``"auto"`` (that kernel on one CPU device for fp32 x, else
-      XLA), or any other implementation name (XLA).
-    pass_stream: also return x, last (see :func:`mhc_jax.ops.mhc_coefficients`).
+    implementation: as in :func:`mhc_jax.ops.mhc_coefficients`. ``"cpu"`` runs dynamic HC's
+      maps as one C++ kernel (projection, RMS, tanh, static parts, and the pre-apply if
+      ``with_pre``); other names run them as XLA ops, then ``mhc_pre`` with that name.
+    with_pre, pass_stream: also return u, then x (see :func:`mhc_jax.ops.mhc_coefficients`).
 
   Returns:
-    ``(h_pre [..., N], h_post [..., N], h_res [..., N, N])`` in fp32, paper layout, then x
-    if ``pass_stream``.
+    ``(h_pre [..., N], h_post [..., N], h_res [..., N, N])`` in fp32 (fp64 for fp64 x),
+    paper layout; then u ``[..., C]`` in x's dtype if ``with_pre``, then x if ``pass_stream``.
   """
   x = jnp.asarray(x)
-  _checks.check_float("x", x)
-  if x.ndim < 2:
-    raise ValueError(f"x must have shape [..., N, C], got {x.shape}")
-  n, c = x.shape[-2:]
+  impl, n, c = _check_stream(x, implementation)
   _checks.check_shape("a_pre", a_pre, (n,))
   _checks.check_shape("b_post", b_post, (n,))
   _checks.check_shape("a_res", a_res, (n, n))
   batch = x.shape[:-2]
   cdt = _checks.compute_dtype(x.dtype, a_res.dtype)
-  passed = (x,) if pass_stream else ()
   if w is None:
-    return (jnp.broadcast_to(a_pre.astype(cdt), batch + (n,)),
+    maps = (jnp.broadcast_to(a_pre.astype(cdt), batch + (n,)),
             jnp.broadcast_to(b_post.astype(cdt), batch + (n,)),
-            jnp.broadcast_to(a_res.T.astype(cdt), batch + (n, n))) + passed
-  _checks.check_shape("w", w, (c, n + 2), f"[C, N+2] for N={n}, C={c}")
-  if _concrete(implementation, x) == "cpu":
-    passing = pass_stream and x.dtype == jnp.float32
-    out = cpu.rms_projection(x.astype(jnp.float32), w.astype(jnp.float32), float(rms_eps), passing)
-    if passing:
-      out, passed = out[0], (out[1],)
-    z_XxNx2pN = jnp.tanh(out)
+            jnp.broadcast_to(a_res.T.astype(cdt), batch + (n, n)))
   else:
-    z_XxNx2pN = jnp.tanh(rms_projection(x, w.astype(cdt), float(rms_eps)))
-  h_pre = s_alpha * z_XxNx2pN[..., 0] + a_pre
-  h_post = s_beta * z_XxNx2pN[..., 1] + b_post
-  h_res = jnp.swapaxes(s_alpha * z_XxNx2pN[..., 2:] + a_res, -1, -2)
-  return (h_pre.astype(cdt), h_post.astype(cdt), h_res.astype(cdt)) + passed
+    _checks.check_shape("w", w, (c, n + 2), f"[C, N+2] for N={n}, C={c}")
+    if impl == "cpu":
+      fused = x.dtype == jnp.float32  # else the kernel's u and passed x would be fp32
+      f32 = lambda a: jnp.asarray(a, jnp.float32)
+      out = cpu.hc_coefficients(f32(x).reshape(-1, n, c), f32(w), f32(a_pre), f32(b_post), f32(a_res),
+                                f32(s_alpha), f32(s_beta), float(rms_eps), with_pre and fused,
+                                pass_stream and fused)
+      maps = tuple(m.reshape(batch + m.shape[1:]) for m in out[:3])
+      if fused:
+        u = (out[3].reshape(batch + (c,)),) if with_pre else ()
+        return maps + u + ((out[-1].reshape(x.shape),) if pass_stream else ())
+    else:
+      z_XxNx2pN = jnp.tanh(rms_projection(x, w.astype(cdt), float(rms_eps)))
+      h_pre = s_alpha * z_XxNx2pN[..., 0] + a_pre
+      h_post = s_beta * z_XxNx2pN[..., 1] + b_post
+      h_res = jnp.swapaxes(s_alpha * z_XxNx2pN[..., 2:] + a_res, -1, -2)
+      maps = (h_pre.astype(cdt), h_post.astype(cdt), h_res.astype(cdt))
+  if not with_pre:
+    return maps + ((x,) if pass_stream else ())
+  u, x = mhc_pre(x, maps[0], implementation=impl, pass_stream=True)
+  return maps + (u,) + ((x,) if pass_stream else ())

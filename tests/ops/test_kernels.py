@@ -6,7 +6,7 @@ JAX_PLATFORMS=cuda), its CPU twin is test_triton.py. Forward and VJP (random cot
 {1, 2, 4, 8}, ragged C (37; 300 spans two 256-column chunks with a masked tail), ragged T,
 fp32 and bf16 streams. The kernels must also lower to Triton for a GPU from this CPU
 machine, and remat must really replay them. The C++ CPU kernels (TestCpu) run for real here,
-plus their own checks: many token blocks, HC's projection, the passed stream's gradients,
+plus their own checks: many token blocks, HC's kernel, the passed stream's gradients,
 bitwise reproducibility, when "auto" picks them, and their build errors.
 """
 
@@ -215,25 +215,24 @@ class TestCpu(CoefficientsMixin, PreMixin, PostMixin):
   """The C++ kernels (fp32 math; bf16 streams are cast around them)."""
   IMPL = "cpu"
 
-  @pytest.mark.parametrize("shape, k", [((6, 4, 37), 6), ((50, 3, 300), 5), ((20, 1024), 24), ((33, 64), 80)])
-  @pytest.mark.parametrize("passing", [False, True])
-  def test_rms_projection_matches_xla(self, shape, k, passing):
-    """HC's projection kernel (any K <= 80, ragged rows), with and without the passed stream."""
-    from mhc_jax.ops import _projection, cpu
+  @pytest.mark.parametrize("t, n, c", [(6, 4, 37), (50, 3, 300), (21, 8, 16), (5, 1, 40)])
+  @pytest.mark.parametrize("with_pre, pass_stream", [(False, False), (True, False), (True, True)])
+  def test_hc_coefficients_match_xla(self, t, n, c, with_pre, pass_stream):
+    """HC's kernel (maps, fused pre-apply, passed stream), forward and VJP, every argument."""
+    k = jax.random.split(jax.random.PRNGKey(n * c), 6)
+    args = (jax.random.normal(k[0], (t, n, c)), jax.random.normal(k[1], (n,)), jax.random.normal(k[2], (n,)),
+            jax.random.normal(k[3], (n, n)), 0.3 * jax.random.normal(k[4], (c, n + 2)),
+            jnp.float32(0.7), jnp.float32(-0.4))
 
-    keys = jax.random.split(jax.random.PRNGKey(k), 4)
-    v = jax.random.normal(keys[0], shape)
-    w = 0.1 * jax.random.normal(keys[1], (shape[-1], k))
-    g_out = jax.random.normal(keys[2], shape[:-1] + (k,))
-    g_in = jax.random.normal(keys[3], shape)  # the gradient reaching v by the other path
+    def run(impl):
+      f = lambda *a: ops.hc_coefficients(*a, implementation=impl, with_pre=with_pre, pass_stream=pass_stream)
+      out, vjp = jax.vjp(f, *args)
+      assert len(out) == 3 + with_pre + pass_stream
+      cot = tuple(jax.random.normal(jax.random.PRNGKey(i), o.shape) for i, o in enumerate(out))
+      return out, vjp(cot)
 
-    def xla(v, w):
-      return (_projection.rms_projection(v, w, 1e-6), v) if passing else _projection.rms_projection(v, w, 1e-6)
-
-    (out, vjp), (want, want_vjp) = (jax.vjp(f, v, w) for f in (lambda v, w: cpu.rms_projection(v, w, 1e-6, passing), xla))
-    cot = (g_out, g_in) if passing else g_out
-    for got, ref in zip(jax.tree.leaves((out, vjp(cot))), jax.tree.leaves((want, want_vjp(cot))), strict=True):
-      _close(got, ref, jnp.float32)
+    for got, want in zip(jax.tree.leaves(run("cpu")), jax.tree.leaves(run("xla")), strict=True):
+      _close(got, want, jnp.float32)
 
   @pytest.mark.parametrize("kind", ["mhc", "hc"])
   @pytest.mark.parametrize("dtype", DTYPES)

@@ -7,7 +7,9 @@ Sinkhorn loop fusions) and the train step paid ~25% over a residual model. The k
 coefficient kernel does ``v @ phi``, the RMS, the gates and all Sinkhorn iterations for
 blocks of 16 tokens (one per vector lane); its backward keeps the block's Sinkhorn
 iterates, and sums the phi gradient in 8 fixed token ranges that XLA adds up, so every
-result is the same whatever the thread count.
+result is the same whatever the thread count. HC's kernel does the same for its maps (the
+per-stream RMS projection, tanh and static parts) one token at a time. Both can compute the
+pre-apply in the same pass (``with_pre``).
 
 The source is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``;
 C++20, ``-O3 -march=native``) into a cache directory (``$MHC_JAX_CACHE``, else
@@ -48,8 +50,8 @@ _TARGETS = {
     "pre_bwd": "MhcPreBwd",
     "post_fwd": "MhcPostFwd",
     "post_bwd": "MhcPostBwd",
-    "proj_fwd": "MhcProjFwd",
-    "proj_bwd": "MhcProjBwd",
+    "hc_fwd": "MhcHcFwd",
+    "hc_bwd": "MhcHcBwd",
 }
 F32 = jnp.float32
 
@@ -226,34 +228,48 @@ def _coef_bwd(cfg, with_pre, passing, res, grads):
 coefficients.defvjp(_coef_fwd, _coef_bwd)
 
 
-# ------------------------------------------------------------------------ RMS projection
+# ----------------------------------------------------------------------- HC coefficients
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def rms_projection(v_XxP, w_PxK, eps, passing: bool = False):
-  """``(v @ w) * rsqrt(mean(v^2, -1) + eps)`` in fp32 (as :func:`mhc_jax.ops._projection.rms_projection`), plus v if ``passing``."""
-  return _proj_fwd(v_XxP, w_PxK, eps, passing)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def hc_coefficients(x_TxNxC, w_CxK, a_pre, b_post, a_res, s_alpha, s_beta, eps,
+                    with_pre: bool = False, passing: bool = False):
+  """HC's ``(h_pre [T, N], h_post [T, N], h_res [T, N, N])`` from fp32 x ``[T, N, C]``.
+
+  The maps of :func:`mhc_jax.ops.hc_coefficients` (dynamic HC, w ``[C, N + 2]``), then u
+  if ``with_pre``, then x if ``passing``, as in :func:`coefficients`.
+  """
+  return _hc_fwd(x_TxNxC, w_CxK, a_pre, b_post, a_res, s_alpha, s_beta, eps, with_pre, passing)[0]
 
 
-def _proj_fwd(v_XxP, w_PxK, eps, passing):
-  p, k = w_PxK.shape
-  v_RxP = v_XxP.reshape(-1, p)
-  rows = v_RxP.shape[0]
-  proj, r = _call("proj_fwd", (_f32((rows, k)), _f32((rows,))), v_RxP,
-                  jnp.pad(w_PxK, ((0, 0), (0, _padded(k) - k))), eps=np.float32(eps))
-  out = (proj * r[:, None]).reshape(v_XxP.shape[:-1] + (k,))
-  return (out, v_XxP) if passing else out, (v_RxP, jnp.swapaxes(w_PxK, 0, 1), proj, r)
+def _hc_fwd(x, w_CxK, a_pre, b_post, a_res, s_alpha, s_beta, eps, with_pre, passing):
+  t, n, c = x.shape
+  w_KxC, gates = jnp.swapaxes(w_CxK, 0, 1), jnp.stack([s_alpha, s_beta])
+  h_pre, h_post, h_res, u, z, y, r = _call(
+      "hc_fwd", (_f32((t, n)), _f32((t, n)), _f32((t, n, n)), _f32((t, c) if with_pre else (1,)),
+                 _f32((t, n, n + 2)), _f32((t, n, n + 2)), _f32((t, n))),
+      x, w_KxC, gates, a_pre, b_post, a_res, with_pre=with_pre, eps=np.float32(eps))
+  outs = (h_pre, h_post, h_res) + ((u,) if with_pre else ()) + ((x,) if passing else ())
+  return outs, (x, w_KxC, gates, h_pre, z, y, r)
 
 
-def _proj_bwd(eps, passing, res, g):
+def _hc_bwd(eps, with_pre, passing, res, grads):
   del eps
-  v_RxP, w_KxP, proj, r = res
-  g_out, g_in = g if passing else (g, None)
-  g_in, accumulate = _accumulating(None if g_in is None else g_in.reshape(v_RxP.shape))
-  k, p = w_KxP.shape
-  g_v, g_w_parts = _call("proj_bwd", (_f32(v_RxP.shape), _f32((GRAD_SLOTS, p, _padded(k)))),
-                         v_RxP, w_KxP, proj, r, g_out.reshape(-1, k), g_in, accumulate=accumulate)
-  return g_v.reshape(g_out.shape[:-1] + (p,)), jnp.sum(g_w_parts, axis=0)[:, :k]
+  x, w_KxC, gates, h_pre, z_TxNxK, y, r = res
+  g_pre, g_post, g_res = grads[:3]
+  g_u = grads[3] if with_pre else jnp.zeros((1,), F32)
+  g_in, accumulate = _accumulating(grads[-1] if passing else None)
+  g_x, g_w_parts, g_pre_all = _call(
+      "hc_bwd", (_f32(x.shape), _f32((GRAD_SLOTS,) + w_KxC.shape), _f32(h_pre.shape)),
+      x, w_KxC, gates, h_pre, z_TxNxK, y, r, g_pre, g_post, g_res, g_u, g_in,
+      with_pre=with_pre, accumulate=accumulate)
+  # h_pre = s_alpha z[:, :, 0] + a_pre, h_post = s_beta z[:, :, 1] + b_post,
+  # h_res^T = s_alpha z[:, :, 2:] + a_res.
+  g_res_t = jnp.swapaxes(g_res, 1, 2)
+  g_s_alpha = jnp.sum(g_pre_all * z_TxNxK[..., 0]) + jnp.sum(g_res_t * z_TxNxK[..., 2:])
+  g_s_beta = jnp.sum(g_post * z_TxNxK[..., 1])
+  return (g_x, jnp.swapaxes(jnp.sum(g_w_parts, axis=0), 0, 1), jnp.sum(g_pre_all, axis=0),
+          jnp.sum(g_post, axis=0), jnp.sum(g_res_t, axis=0), g_s_alpha, g_s_beta)
 
 
-rms_projection.defvjp(_proj_fwd, _proj_bwd)
+hc_coefficients.defvjp(_hc_fwd, _hc_bwd)

@@ -5,7 +5,8 @@
 //              16 tokens at a time (one per vector lane for the gates and the Sinkhorn)
 //   coef_bwd:  the Sinkhorn VJP (the block's iterates kept), the gate VJPs,
 //              dv = (g_logits * scale / rms) @ phi^T - (d 1/rms) v and dphi = v^T (...)
-//   proj_fwd / proj_bwd: the same RMS projection on its own (HC: one row per stream)
+//   hc_fwd / hc_bwd: HC's maps (per-stream RMS projection, tanh, static parts) and the
+//              pre-apply, and their VJPs, one token at a time
 //   pre_fwd / pre_bwd, post_fwd / post_bwd: the stream mixes and their VJPs, with the
 //              per-token contractions over C (dH_pre, dH_post, dH_res) in the same pass.
 // The backward kernels optionally add a gradient that reaches x by another path (g_in),
@@ -43,10 +44,13 @@ inline v16 load(const float* p) {
 }
 inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
 inline v16 splat(float s) { return v16{} + s; }
-inline float hsum(v16 v) {
-  float s = 0.f;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
-  return s;
+inline float hsum(v16 v) {  // by halving (no memcpy: that would keep v's source in memory)
+  typedef float v8 __attribute__((vector_size(32)));
+  typedef float v4 __attribute__((vector_size(16)));
+  const v8 h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const v4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+  return (q[0] + q[2]) + (q[1] + q[3]);
 }
 
 // Runs f(begin, end) over [0, n) in chunks, on the calling thread and XLA's intra-op pool.
@@ -198,42 +202,41 @@ struct CoefAttrs {
 };
 
 // ------------------------------------------------------------------ pre-apply, per token
-// Vector body over lanes [q, q + W) of C, W = 16 (v16) or 1 (float); the same code
-// handles the ragged tail.
+// Loops over C run body(q, chunk) on whole vectors, then once on the ragged tail with a
+// zero-padded vector (zeros add nothing to the dot products; stores write the tail only).
+// The bodies keep their sums in arrays of v16 that GCC holds in registers this way; with
+// a scalar tail loop it kept them on the stack.
 
-template <class V>
-struct Lane;
-template <>
-struct Lane<v16> {
-  static constexpr int64_t kWidth = kLanes;
+struct Whole {
   static v16 Load(const float* p) { return load(p); }
   static void Store(float* p, v16 v) { store(p, v); }
-  static float Sum(v16 v) { return hsum(v); }
 };
-template <>
-struct Lane<float> {
-  static constexpr int64_t kWidth = 1;
-  static float Load(const float* p) { return *p; }
-  static void Store(float* p, float v) { *p = v; }
-  static float Sum(float v) { return v; }
+struct Tail {  // element loops, not memcpy: a call would push the sums out of registers
+  int64_t n;  // < 16 floats left in the row
+  v16 Load(const float* p) const {
+    v16 v = {};
+    for (int64_t l = 0; l < n; ++l) v[l] = p[l];
+    return v;
+  }
+  void Store(float* p, v16 v) const {
+    for (int64_t l = 0; l < n; ++l) p[l] = v[l];
+  }
 };
 
-// Calls body.template operator()<V>(q) over C: v16 steps, then float steps for the tail.
 template <class Body>
-inline void OverC(int64_t c, Body&& body) {
+inline __attribute__((always_inline)) void OverC(int64_t c, Body&& body) {
   int64_t q = 0;
-  for (; q + kLanes <= c; q += kLanes) body.template operator()<v16>(q);
-  for (; q < c; ++q) body.template operator()<float>(q);
+  for (; q + kLanes <= c; q += kLanes) body(q, Whole{});
+  if (q < c) body(q, Tail{c - q});
 }
 
 // u = sum_i h[i] x_i for one token (x_t [N, C]).
 template <int N>
 inline void PreToken(const float* xt, const float* h, int64_t c, float* ut) {
-  OverC(c, [&]<class V>(int64_t q) {
-    using L = Lane<V>;
-    V acc = h[0] * L::Load(xt + q);
-    for (int i = 1; i < N; ++i) acc += h[i] * L::Load(xt + i * c + q);
-    L::Store(ut + q, acc);
+  OverC(c, [&](int64_t q, auto ch) {
+    v16 acc = h[0] * ch.Load(xt + q);
+    for (int i = 1; i < N; ++i) acc += h[i] * ch.Load(xt + i * c + q);
+    ch.Store(ut + q, acc);
   });
 }
 
@@ -242,19 +245,16 @@ template <int N>
 inline void PreTokenBackward(const float* xt, const float* h, const float* gt, int64_t c,
                              const float* g_in, float* gxt, float* g_h) {
   v16 dot[N] = {};
-  float tail[N] = {};
-  OverC(c, [&]<class V>(int64_t q) {
-    using L = Lane<V>;
-    const V gq = L::Load(gt + q);
+  OverC(c, [&](int64_t q, auto ch) {
+    const v16 gq = ch.Load(gt + q);
     for (int i = 0; i < N; ++i) {
-      V gx = h[i] * gq;
-      if (g_in) gx += L::Load(g_in + i * c + q);
-      L::Store(gxt + i * c + q, gx);
-      const V prod = L::Load(xt + i * c + q) * gq;
-      if constexpr (L::kWidth == 1) tail[i] += prod; else dot[i] += prod;
+      v16 gx = h[i] * gq;
+      if (g_in) gx += ch.Load(g_in + i * c + q);
+      ch.Store(gxt + i * c + q, gx);
+      dot[i] += ch.Load(xt + i * c + q) * gq;
     }
   });
-  for (int i = 0; i < N; ++i) g_h[i] = hsum(dot[i]) + tail[i];
+  for (int i = 0; i < N; ++i) g_h[i] = hsum(dot[i]);
 }
 
 // ------------------------------------------------------------------ RMS projection
@@ -372,39 +372,142 @@ void OverGradSlots(ffi::ThreadPool& pool, int64_t blocks, float* g_w_parts, int6
   });
 }
 
-template <int KV>
-void ProjFwd(ffi::ThreadPool& pool, int64_t rows, int64_t p, int64_t k, const float* v, const float* w,
-             float eps, float* proj_out, float* r_out) {
-  ParallelFor(pool, (rows + kLanes - 1) / kLanes, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t r0 = blk * kLanes, count = std::min<int64_t>(kLanes, rows - r0);
-      alignas(64) float proj[kLanes][kPadded<KV>];
-      ProjectRows<KV>(v + r0 * p, count, p, w, proj, r_out + r0, eps);
-      for (int64_t row = 0; row < count; ++row)
-        std::copy(proj[row], proj[row] + k, proj_out + (r0 + row) * k);
+// ---------------------------------------------------------------- HC coefficients
+// HC's maps (SPEC section 3) for one token x_t [N, C], with K = N + 2 columns:
+//   y[i][k] = (x_i . w[:, k]) r_i,  r_i = (mean(x_i^2) + eps)^(-1/2),  z = tanh(y),
+//   h_pre[i] = s_alpha z[i][0] + a_pre[i],  h_post[i] = s_beta z[i][1] + b_post[i],
+//   h_res[j][i] = s_alpha z[i][2 + j] + a_res[i][j]  (HC's A_r^T, in paper layout),
+// then optionally u = sum_i h_pre[i] x_i while the token is still in cache. A stream row
+// is only C long, so its K dots run along C, one accumulator per column (w comes
+// transposed, [K, C]): K + 1 vector FMAs per 16 floats of x, where ProjectRows' broadcast
+// form would pad the K columns to 16.
+
+inline v16 Tanh(v16 y) {  // odd; (1 - e^{-2|y|}) / (1 + e^{-2|y|}), ~1e-7 absolute error
+  const v16 a = y < 0.f ? -y : y;
+  const v16 e = Exp(-2.f * a);
+  const v16 th = (1.f - e) / (1.f + e);
+  return y < 0.f ? -th : th;
+}
+
+struct HcParams {
+  const float* w_t;     // [K, C]
+  const float* gates;   // (s_alpha, s_beta)
+  const float* a_pre;   // [N]
+  const float* b_post;  // [N]
+  const float* a_res;   // [N, N]
+  float eps;
+};
+
+template <int N>
+struct Hc {
+  static constexpr int K = N + 2;
+  static constexpr int YP = (N * K + kLanes - 1) / kLanes * kLanes;  // y of a token, padded
+
+  // y [N * K] and r [N] of token x_t.
+  static void Project(const float* xt, int64_t c, const float* w_t, float eps, float* y, float* r) {
+    for (int i = 0; i < N; ++i) {
+      const float* xi = xt + i * c;
+      v16 acc[K] = {}, sq = {};
+      OverC(c, [&](int64_t q, auto ch) {
+        const v16 xv = ch.Load(xi + q);
+        sq += xv * xv;
+        for (int k = 0; k < K; ++k) acc[k] += xv * ch.Load(w_t + k * c + q);
+      });
+      r[i] = 1.f / std::sqrt(hsum(sq) / c + eps);
+      for (int k = 0; k < K; ++k) y[i * K + k] = hsum(acc[k]) * r[i];
+    }
+  }
+};
+
+template <int N>
+void HcFwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const HcParams& hp,
+           float* h_pre, float* h_post, float* h_res, float* u, float* z_out, float* y_out, float* r_out) {
+  using S = Hc<N>;
+  constexpr int K = S::K;
+  const float s_alpha = hp.gates[0], s_beta = hp.gates[1];
+  ParallelFor(pool, t, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t tok = begin; tok < end; ++tok) {
+      const float* xt = x + tok * N * c;
+      alignas(64) float y[S::YP] = {}, z[S::YP];
+      S::Project(xt, c, hp.w_t, hp.eps, y, r_out + tok * N);
+      for (int q = 0; q < S::YP; q += kLanes) store(z + q, Tanh(load(y + q)));
+      std::copy(y, y + N * K, y_out + tok * N * K);
+      std::copy(z, z + N * K, z_out + tok * N * K);
+      float* hp_t = h_pre + tok * N;
+      for (int i = 0; i < N; ++i) {
+        hp_t[i] = s_alpha * z[i * K] + hp.a_pre[i];
+        h_post[tok * N + i] = s_beta * z[i * K + 1] + hp.b_post[i];
+        for (int j = 0; j < N; ++j)
+          h_res[(tok * N + j) * N + i] = s_alpha * z[i * K + 2 + j] + hp.a_res[i * N + j];
+      }
+      if (u) PreToken<N>(xt, hp_t, c, u + tok * c);
     }
   });
 }
 
-template <int KV>
-void ProjBwd(ffi::ThreadPool& pool, int64_t rows, int64_t p, int64_t k, const float* v, const float* w_t,
-             const float* proj, const float* r, const float* g, const float* g_in, float* g_v,
-             float* g_w_parts) {
-  OverGradSlots(pool, (rows + kLanes - 1) / kLanes, g_w_parts, p * kPadded<KV>, [&](float* g_w, int64_t blk) {
-    const int64_t r0 = blk * kLanes, count = std::min<int64_t>(kLanes, rows - r0);
-    alignas(64) float gh[kLanes][kPadded<KV>] = {};
-    float coef[kLanes];
-    for (int64_t row = 0; row < count; ++row) {
-      const int64_t i = r0 + row;
-      float g_r = 0.f;
-      for (int j = 0; j < k; ++j) {
-        gh[row][j] = g[i * k + j] * r[i];
-        g_r += g[i * k + j] * proj[i * k + j];
+// With g_y = g_z (1 - z^2), gh = g_y r and coef = sum_k(g_y y) r^2 / C (from dr/dx_i =
+// -r^3 x_i / C): g_x_i = g_in_i + h_pre[i] g_u + gh[i] @ w^T - coef_i x_i, and
+// g_w^T += gh^T x, summed per fixed token range (OverGradSlots). g_pre_all gets dL/dh_pre,
+// the pre-apply's x_i . g_u included.
+template <int N>
+void HcBwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const HcParams& hp,
+           const float* h_pre, const float* z_in, const float* y_in, const float* r_in,
+           const float* g_pre, const float* g_post, const float* g_res, const float* g_u,
+           const float* g_in, float* g_x, float* g_w_parts, float* g_pre_all) {
+  constexpr int K = Hc<N>::K;
+  const float s_alpha = hp.gates[0], s_beta = hp.gates[1];
+  OverGradSlots(pool, (t + kLanes - 1) / kLanes, g_w_parts, K * c, [&](float* g_w, int64_t blk) {
+    for (int64_t tok = blk * kLanes; tok < std::min(t, (blk + 1) * kLanes); ++tok) {
+      const float* xt = x + tok * N * c;
+      const float* z = z_in + tok * N * K;
+      const float* y = y_in + tok * N * K;
+      const float* hpre = h_pre + tok * N;
+      const float* gut = g_u ? g_u + tok * c : nullptr;
+      const float* gint = g_in ? g_in + tok * N * c : nullptr;
+      float* gxt = g_x + tok * N * c;
+      float gp[N];
+      for (int i = 0; i < N; ++i) gp[i] = g_pre[tok * N + i];
+      if (gut) {  // the pre-apply: dh_pre[i] = x_i . g_u
+        v16 dot[N] = {};
+        OverC(c, [&](int64_t q, auto ch) {
+          const v16 gq = ch.Load(gut + q);
+          for (int i = 0; i < N; ++i) dot[i] += ch.Load(xt + i * c + q) * gq;
+        });
+        for (int i = 0; i < N; ++i) gp[i] += hsum(dot[i]);
       }
-      coef[row] = g_r * r[i] * r[i] * r[i] / p;
+      float gh[N][K], coef[N];
+      for (int i = 0; i < N; ++i) {
+        g_pre_all[tok * N + i] = gp[i];
+        const float r = r_in[tok * N + i];
+        float g_z[K];
+        g_z[0] = s_alpha * gp[i];
+        g_z[1] = s_beta * g_post[tok * N + i];
+        for (int j = 0; j < N; ++j) g_z[2 + j] = s_alpha * g_res[(tok * N + j) * N + i];
+        float g_r = 0.f;
+        for (int k = 0; k < K; ++k) {
+          const float g_y = g_z[k] * (1.f - z[i * K + k] * z[i * K + k]);
+          gh[i][k] = g_y * r;
+          g_r += g_y * y[i * K + k];
+        }
+        coef[i] = g_r * r * r / c;
+      }
+      OverC(c, [&](int64_t q, auto ch) {
+        v16 ws[K], gw[K] = {};
+        for (int k = 0; k < K; ++k) ws[k] = ch.Load(hp.w_t + k * c + q);
+        const v16 gq = gut ? ch.Load(gut + q) : v16{};
+        for (int i = 0; i < N; ++i) {
+          const v16 xi = ch.Load(xt + i * c + q);
+          v16 gx = hpre[i] * gq - coef[i] * xi;
+          if (gint) gx += ch.Load(gint + i * c + q);
+          for (int k = 0; k < K; ++k) {
+            gx += gh[i][k] * ws[k];
+            gw[k] += gh[i][k] * xi;
+          }
+          ch.Store(gxt + i * c + q, gx);
+        }
+        for (int k = 0; k < K; ++k) ch.Store(g_w + k * c + q, ch.Load(g_w + k * c + q) + gw[k]);
+      });
     }
-    ProjectRowsBackward<KV>(v + r0 * p, count, p, k, w_t, gh, coef, g_in ? g_in + r0 * p : nullptr,
-                            g_v + r0 * p, g_w);
   });
 }
 
@@ -561,15 +664,14 @@ void PostFwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const 
       const float* hp = h_post + tok * N;
       const float* hr = h_res + tok * N * N;
       float* ot = out + tok * N * c;
-      OverC(c, [&]<class V>(int64_t q) {
-        using L = Lane<V>;
-        V xs[N];
-        for (int j = 0; j < N; ++j) xs[j] = L::Load(xt + j * c + q);
-        const V yq = L::Load(yt + q);
+      OverC(c, [&](int64_t q, auto ch) {
+        v16 xs[N];
+        for (int j = 0; j < N; ++j) xs[j] = ch.Load(xt + j * c + q);
+        const v16 yq = ch.Load(yt + q);
         for (int i = 0; i < N; ++i) {
-          V acc = hp[i] * yq;
+          v16 acc = hp[i] * yq;
           for (int j = 0; j < N; ++j) acc += hr[i * N + j] * xs[j];
-          L::Store(ot + i * c + q, acc);
+          ch.Store(ot + i * c + q, acc);
         }
       });
     }
@@ -590,33 +692,26 @@ void PostBwd(ffi::ThreadPool& pool, int64_t t, int64_t c, const float* x, const 
       float* gxt = g_x + tok * N * c;
       float* gyt = g_y + tok * c;
       v16 d_post[N] = {}, d_res[N * N] = {};
-      float t_post[N] = {}, t_res[N * N] = {};
-      OverC(c, [&]<class V>(int64_t q) {
-        using L = Lane<V>;
-        V gs[N], xs[N];
-        for (int i = 0; i < N; ++i) gs[i] = L::Load(gt + i * c + q);
-        for (int j = 0; j < N; ++j) xs[j] = L::Load(xt + j * c + q);
-        const V yq = L::Load(yt + q);
-        V gy = hp[0] * gs[0];
+      OverC(c, [&](int64_t q, auto ch) {
+        v16 gs[N], xs[N];
+        for (int i = 0; i < N; ++i) gs[i] = ch.Load(gt + i * c + q);
+        for (int j = 0; j < N; ++j) xs[j] = ch.Load(xt + j * c + q);
+        const v16 yq = ch.Load(yt + q);
+        v16 gy = hp[0] * gs[0];
         for (int i = 1; i < N; ++i) gy += hp[i] * gs[i];
-        L::Store(gyt + q, gy);
+        ch.Store(gyt + q, gy);
         for (int j = 0; j < N; ++j) {  // g_x[j] = sum_i h_res[i, j] g[i]
-          V acc = hr[j] * gs[0];
+          v16 acc = hr[j] * gs[0];
           for (int i = 1; i < N; ++i) acc += hr[i * N + j] * gs[i];
-          L::Store(gxt + j * c + q, acc);
+          ch.Store(gxt + j * c + q, acc);
         }
         for (int i = 0; i < N; ++i) {
-          if constexpr (L::kWidth == 1) {
-            t_post[i] += gs[i] * yq;
-            for (int j = 0; j < N; ++j) t_res[i * N + j] += gs[i] * xs[j];
-          } else {
-            d_post[i] += gs[i] * yq;
-            for (int j = 0; j < N; ++j) d_res[i * N + j] += gs[i] * xs[j];
-          }
+          d_post[i] += gs[i] * yq;
+          for (int j = 0; j < N; ++j) d_res[i * N + j] += gs[i] * xs[j];
         }
       });
-      for (int i = 0; i < N; ++i) g_h_post[tok * N + i] = hsum(d_post[i]) + t_post[i];
-      for (int k = 0; k < N * N; ++k) g_h_res[tok * N * N + k] = hsum(d_res[k]) + t_res[k];
+      for (int i = 0; i < N; ++i) g_h_post[tok * N + i] = hsum(d_post[i]);
+      for (int k = 0; k < N * N; ++k) g_h_res[tok * N * N + k] = hsum(d_res[k]);
     }
   });
 }
@@ -686,38 +781,34 @@ ffi::Error CoefBwdImpl(ffi::ThreadPool pool, F32 x, F32 phi_t, F32 scale, F32 bi
   });
 }
 
-// Calls fn.template operator()<KV>() for K columns padded to whole vectors (K <= 80).
-template <class Fn>
-ffi::Error WithKV(int64_t k, Fn&& fn) {
-  switch ((k + kLanes - 1) / kLanes) {
-    case 1: fn.template operator()<1>(); break;
-    case 2: fn.template operator()<2>(); break;
-    case 3: fn.template operator()<3>(); break;
-    case 4: fn.template operator()<4>(); break;
-    case 5: fn.template operator()<5>(); break;
-    default: return ffi::Error::InvalidArgument("mhc_jax cpu projection supports 1 <= K <= 80");
-  }
-  return ffi::Error::Success();
-}
-
-// v [R, P], w padded [P, KP] -> proj [R, K], r [R].
-ffi::Error ProjFwdImpl(ffi::ThreadPool pool, F32 v, F32 w, float eps, Out proj, Out r) {
-  const int64_t p = v.dimensions().back(), rows = v.element_count() / p, k = proj->dimensions().back();
-  if (w.dimensions()[1] != (k + kLanes - 1) / kLanes * kLanes)
-    return ffi::Error::InvalidArgument("proj_fwd: w must be padded to whole 16-column vectors");
-  return WithKV(k, [&]<int KV>() {
-    ProjFwd<KV>(pool, rows, p, k, v.typed_data(), w.typed_data(), eps, proj->typed_data(), r->typed_data());
+// x [T, N, C], w^T [K, C], gates (s_alpha, s_beta), a_pre [N], b_post [N], a_res [N, N]
+// -> h_pre, h_post, h_res, u [T, C] (with_pre) and, for the backward, z, y [T, N, K], r [T, N].
+ffi::Error HcFwdImpl(ffi::ThreadPool pool, F32 x, F32 w_t, F32 gates, F32 a_pre, F32 b_post,
+                     F32 a_res, bool with_pre, float eps, Out h_pre, Out h_post, Out h_res, Out u,
+                     Out z, Out y, Out r) {
+  const Dims d = StreamDims(x);
+  if (w_t.dimensions()[0] != d.n + 2 || w_t.dimensions()[1] != d.c)
+    return ffi::Error::InvalidArgument("hc_fwd: w^T must be [N + 2, C]");
+  const HcParams hp{w_t.typed_data(), gates.typed_data(), a_pre.typed_data(), b_post.typed_data(),
+                    a_res.typed_data(), eps};
+  return WithN(d.n, [&]<int N>() {
+    HcFwd<N>(pool, d.t, d.c, x.typed_data(), hp, h_pre->typed_data(), h_post->typed_data(),
+             h_res->typed_data(), with_pre ? u->typed_data() : nullptr, z->typed_data(),
+             y->typed_data(), r->typed_data());
   });
 }
 
-// v [R, P], w^T [K, P], proj [R, K], r [R], g [R, K] -> g_v [R, P], g_w slots [8, P, KP].
-ffi::Error ProjBwdImpl(ffi::ThreadPool pool, F32 v, F32 w_t, F32 proj, F32 r, F32 g, F32 g_in,
-                       bool accumulate, Out g_v, Out g_w_parts) {
-  const int64_t p = v.dimensions().back(), rows = v.element_count() / p, k = w_t.dimensions()[0];
-  return WithKV(k, [&]<int KV>() {
-    ProjBwd<KV>(pool, rows, p, k, v.typed_data(), w_t.typed_data(), proj.typed_data(), r.typed_data(),
-                g.typed_data(), accumulate ? g_in.typed_data() : nullptr, g_v->typed_data(),
-                g_w_parts->typed_data());
+// ... -> g_x [T, N, C], g_w^T slots [8, K, C], dL/dh_pre [T, N] (the pre-apply's part included).
+ffi::Error HcBwdImpl(ffi::ThreadPool pool, F32 x, F32 w_t, F32 gates, F32 h_pre, F32 z, F32 y,
+                     F32 r, F32 g_pre, F32 g_post, F32 g_res, F32 g_u, F32 g_in, bool with_pre,
+                     bool accumulate, Out g_x, Out g_w_parts, Out g_pre_all) {
+  const Dims d = StreamDims(x);
+  const HcParams hp{w_t.typed_data(), gates.typed_data(), nullptr, nullptr, nullptr, 0.f};
+  return WithN(d.n, [&]<int N>() {
+    HcBwd<N>(pool, d.t, d.c, x.typed_data(), hp, h_pre.typed_data(), z.typed_data(), y.typed_data(),
+             r.typed_data(), g_pre.typed_data(), g_post.typed_data(), g_res.typed_data(),
+             with_pre ? g_u.typed_data() : nullptr, accumulate ? g_in.typed_data() : nullptr,
+             g_x->typed_data(), g_w_parts->typed_data(), g_pre_all->typed_data());
   });
 }
 
@@ -773,6 +864,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPreFwd, PreFwdImpl, BIND ARGS2.Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPreBwd, PreBwdImpl, BIND ARGS4.Attr<bool>("accumulate") RETS2);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPostFwd, PostFwdImpl, BIND ARGS4.Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcPostBwd, PostBwdImpl, BIND ARGS4.Arg<F32>() RETS2 RETS2);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcProjFwd, ProjFwdImpl, BIND ARGS2.Attr<float>("eps") RETS2);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcProjBwd, ProjBwdImpl,
-                              BIND ARGS4 ARGS2.Attr<bool>("accumulate") RETS2);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcHcFwd, HcFwdImpl,
+                              BIND ARGS4 ARGS2.Attr<bool>("with_pre").Attr<float>("eps")
+                                  RETS2 RETS2 RETS2.Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MhcHcBwd, HcBwdImpl,
+                              BIND ARGS4 ARGS4 ARGS4.Attr<bool>("with_pre").Attr<bool>("accumulate")
+                                  RETS2.Ret<F32>());
