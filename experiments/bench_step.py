@@ -23,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 
 from mhc_jax.models import ModelConfig  # noqa: E402
-from mhc_jax.train import trainer  # noqa: E402
+from mhc_jax.train import host, trainer  # noqa: E402
 from mhc_jax.train.config import TrainConfig  # noqa: E402
 from mhc_jax.train.optim import make_optimizer  # noqa: E402
 
@@ -95,7 +95,11 @@ def main() -> None:
                       help="activations and stream state (parameters stay fp32)")
   parser.add_argument("--scan_layers", action="store_true",
                       help="run the blocks with lax.scan (default: unrolled, as the CPU configs do)")
+  parser.add_argument("--malloc_default", action="store_true",
+                      help="leave glibc's malloc settings alone (see mhc_jax.train.host)")
   args = parser.parse_args()
+  if not args.malloc_default:
+    host.keep_freed_memory()  # as experiments/train.py does
   for width in args.widths:
     bench_width(args, width)
 

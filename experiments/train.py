@@ -12,6 +12,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from mhc_jax.train import config as config_lib  # noqa: E402
+from mhc_jax.train import host  # noqa: E402
 from mhc_jax.train import trainer  # noqa: E402
 
 
@@ -27,6 +28,7 @@ def main(argv=None) -> int:
   except (ValueError, FileNotFoundError) as e:
     parser.error(str(e))
   print(f"training {args.config} in {args.workdir}:\n{cfg.to_json()}", file=sys.stderr)
+  host.keep_freed_memory()  # before JAX starts its backend
   try:
     rows = trainer.train(cfg, args.workdir, progress=not args.no_progress)
   except trainer.TrainingDiverged as e:
