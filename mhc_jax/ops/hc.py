@@ -75,7 +75,7 @@ def hc_coefficients(
       out = cpu.hc_coefficients(f32(x).reshape(-1, n, c), f32(w), f32(a_pre), f32(b_post), f32(a_res),
                                 f32(s_alpha), f32(s_beta), float(rms_eps), with_pre and fused,
                                 pass_stream and fused)
-      maps = tuple(m.reshape(batch + m.shape[1:]) for m in out[:3])
+      maps = tuple(m.reshape(batch + m.shape[1:]).astype(cdt) for m in out[:3])
       if fused:
         u = (out[3].reshape(batch + (c,)),) if with_pre else ()
         return maps + u + ((out[-1].reshape(x.shape),) if pass_stream else ())
