@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from mhc_jax.ops import _checks, cpu
 from mhc_jax.ops._projection import rms_projection
-from mhc_jax.ops.mhc import _check_stream, mhc_pre
+from mhc_jax.ops.mhc import _check_stream, _kernel_outputs, _with_input
 
 
 def hc_static_init(n: int, layer_index) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -71,21 +71,18 @@ def hc_coefficients(
     _checks.check_shape("w", w, (c, n + 2), f"[C, N+2] for N={n}, C={c}")
     if impl == "cpu":
       fused = x.dtype == jnp.float32  # else the kernel's u and passed x would be fp32
+      asked = (with_pre and fused, pass_stream and fused)
       f32 = lambda a: jnp.asarray(a, jnp.float32)
-      out = cpu.hc_coefficients(f32(x).reshape(-1, n, c), f32(w), f32(a_pre), f32(b_post), f32(a_res),
-                                f32(s_alpha), f32(s_beta), float(rms_eps), with_pre and fused,
-                                pass_stream and fused)
-      maps = tuple(m.reshape(batch + m.shape[1:]).astype(cdt) for m in out[:3])
+      out = _kernel_outputs(cpu.hc_coefficients(f32(x).reshape(-1, n, c), f32(w), f32(a_pre), f32(b_post),
+                                                f32(a_res), f32(s_alpha), f32(s_beta), float(rms_eps),
+                                                *asked), x, *asked)
       if fused:
-        u = (out[3].reshape(batch + (c,)),) if with_pre else ()
-        return maps + u + ((out[-1].reshape(x.shape),) if pass_stream else ())
+        return out
+      maps = out
     else:
       z_XxNx2pN = jnp.tanh(rms_projection(x, w.astype(cdt), float(rms_eps)))
       h_pre = s_alpha * z_XxNx2pN[..., 0] + a_pre
       h_post = s_beta * z_XxNx2pN[..., 1] + b_post
       h_res = jnp.swapaxes(s_alpha * z_XxNx2pN[..., 2:] + a_res, -1, -2)
       maps = (h_pre.astype(cdt), h_post.astype(cdt), h_res.astype(cdt))
-  if not with_pre:
-    return maps + ((x,) if pass_stream else ())
-  u, x = mhc_pre(x, maps[0], implementation=impl, pass_stream=True)
-  return maps + (u,) + ((x,) if pass_stream else ())
+  return _with_input(maps, x, impl, with_pre, pass_stream)

@@ -54,9 +54,7 @@ def resolve_implementation(implementation: str) -> str:
     if jax.default_backend() != "cpu":
       raise ValueError(f"implementation='cpu' runs on the CPU backend only; the backend is "
                        f"{jax.default_backend()!r}: use 'xla', 'pallas' or 'triton'")
-    error = cpu.build_error()
-    if error is not None:
-      raise RuntimeError(f"implementation='cpu' is unavailable: {error}")
+    cpu.check_available()
   return implementation
 
 
@@ -150,7 +148,12 @@ def mhc_coefficients(
                              float(rms_eps))
   if impl == "cpu" and x.dtype == jnp.float32:  # the pre-apply and the passed stream fused in
     return _coefficients_cpu(x, phi, alpha, bias, kernel_cfg, with_pre, pass_stream)
-  maps = _maps(x, phi, alpha, bias, impl, kernel_cfg, sinkhorn_grad)
+  return _with_input(_maps(x, phi, alpha, bias, impl, kernel_cfg, sinkhorn_grad), x, impl, with_pre,
+                     pass_stream)
+
+
+def _with_input(maps, x, impl: str, with_pre: bool, pass_stream: bool):
+  """The maps, then ``u = mhc_pre(x, h_pre)`` and x as asked (where the pre-apply is not fused)."""
   if not with_pre:
     return maps + ((x,) if pass_stream else ())
   u, x = mhc_pre(x, maps[0], implementation=impl, pass_stream=True)
@@ -183,8 +186,14 @@ def _coefficients_cpu(x, phi, alpha, bias, cfg, with_pre: bool, pass_stream: boo
   f32 = lambda a: a.astype(jnp.float32)
   out = cpu.coefficients(f32(x.reshape(-1, n, c)), f32(phi), _column_scales(f32(alpha), n), f32(bias),
                          cfg, with_pre, pass_stream)
-  maps = tuple(m.reshape(x.shape[:-2] + m.shape[1:]) for m in out[:3])
-  u = (out[3].reshape(x.shape[:-2] + (c,)),) if with_pre else ()
+  return _kernel_outputs(out, x, with_pre, pass_stream)
+
+
+def _kernel_outputs(out, x, with_pre: bool, pass_stream: bool):
+  """A C++ coefficient kernel's outputs over flattened tokens, shaped like x: maps, u, x."""
+  batch, c = x.shape[:-2], x.shape[-1]
+  maps = tuple(m.reshape(batch + m.shape[1:]) for m in out[:3])
+  u = (out[3].reshape(batch + (c,)),) if with_pre else ()
   return maps + u + ((out[-1].reshape(x.shape),) if pass_stream else ())
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from mhc_jax import ops
-from mhc_jax.ops import reference
+from mhc_jax.ops import cpu, reference
 
 SHAPES = [(1, 37), (2, 300), (4, 37), (4, 300), (8, 37)]  # (n, C)
 DTYPES = [jnp.float32, jnp.bfloat16]
@@ -205,12 +205,7 @@ def test_remat_replays_the_forward_kernels():
 # ------------------------------------------------------------------- C++ CPU kernels
 
 
-def _cpu_build_error():
-  from mhc_jax.ops import cpu
-  return cpu.build_error()
-
-
-@pytest.mark.skipif(_cpu_build_error() is not None, reason="the C++ kernels need a C++20 compiler (CXX)")
+@pytest.mark.skipif(cpu.build_error() is not None, reason="the C++ kernels need a C++20 compiler (CXX)")
 class TestCpu(CoefficientsMixin, PreMixin, PostMixin):
   """The C++ kernels (fp32 math; bf16 streams are cast around them)."""
   IMPL = "cpu"
@@ -344,8 +339,6 @@ class TestCpu(CoefficientsMixin, PreMixin, PostMixin):
                            implementation="cpu")
 
   def test_a_missing_compiler_is_reported(self, tmp_path):
-    from mhc_jax.ops import cpu
-
     library, error = cpu.build(tmp_path, "no-such-c++-compiler")
     assert library is None and "no-such-c++-compiler" in error and "CXX" in error
     library, error = cpu.build(tmp_path, "c++ --no-such-flag")  # runs, and fails

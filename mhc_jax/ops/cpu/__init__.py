@@ -115,10 +115,15 @@ def build_error() -> str | None:
   return _load()
 
 
-def _call(name: str, out_shapes, *args, **attrs):
+def check_available() -> None:
+  """Raises a RuntimeError that says why the kernels cannot be used (see :func:`build_error`)."""
   error = _load()
   if error is not None:
     raise RuntimeError(f"implementation='cpu' is unavailable: {error}")
+
+
+def _call(name: str, out_shapes, *args, **attrs):
+  check_available()
   return jax.ffi.ffi_call(f"mhc_jax_{name}", out_shapes, vmap_method="sequential")(*args, **attrs)
 
 

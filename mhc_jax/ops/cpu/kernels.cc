@@ -258,8 +258,9 @@ inline void PreTokenBackward(const float* xt, const float* h, const float* gt, i
 }
 
 // ------------------------------------------------------------------ RMS projection
-// Rows v [R, P]: proj = v @ w and r = (mean(v^2) + eps)^(-1/2), the projection shared by
-// the mHC coefficients (one row per token, P = N*C) and HC's (one row per stream, P = C).
+// Rows v [R, P]: proj = v @ w and r = (mean(v^2) + eps)^(-1/2), the projection of the mHC
+// coefficients (one row per token, P = N*C, K = N*N + 2N columns: wide enough for this
+// broadcast form, where HC's short rows and 6 columns take dots along C, see Hc below).
 // w comes padded to KP = KV * 16 columns ([P, KP]) for the forward and transposed ([K, P])
 // for the backward. Rows go in blocks of at most 16; zero-padded columns are never stored.
 
@@ -299,14 +300,11 @@ void ProjectRows(const float* v, int64_t count, int64_t p, const float* w, float
     for (int s = 0; s < SUB && t0 + s < count; ++s)
       for (int kv = 0; kv < KV; ++kv) store(proj[t0 + s] + kv * kLanes, acc[s][kv]);
   }
-  const int64_t main = p - p % kLanes;
   for (int64_t row = 0; row < count; ++row) {
     const float* vr = v + row * p;
     v16 ss = {};
-    for (int64_t q = 0; q < main; q += kLanes) ss += load(vr + q) * load(vr + q);
-    float sq = hsum(ss);
-    for (int64_t q = main; q < p; ++q) sq += vr[q] * vr[q];
-    r[row] = 1.f / std::sqrt(sq / p + eps);
+    OverC(p, [&](int64_t q, auto ch) { ss += ch.Load(vr + q) * ch.Load(vr + q); });
+    r[row] = 1.f / std::sqrt(hsum(ss) / p + eps);
   }
 }
 
@@ -318,27 +316,19 @@ void ProjectRowsBackward(const float* v, int64_t count, int64_t p, int64_t k, co
                          const float (*gh)[kPadded<KV>], const float* coef, const float* g_in,
                          float* g_v, float* g_w) {
   constexpr int KP = kPadded<KV>;
-  const int64_t main = p - p % kLanes;
-  for (int64_t q = 0; q < main; q += kLanes) {  // w read once per block
+  OverC(p, [&](int64_t q, auto ch) {  // w read once per 16 columns
     v16 ws[KP];
-    for (int j = 0; j < k; ++j) ws[j] = load(w_t + j * p + q);
+    for (int j = 0; j < k; ++j) ws[j] = ch.Load(w_t + j * p + q);
     for (int64_t row = 0; row < count; ++row) {
-      v16 acc[4] = {-coef[row] * load(v + row * p + q)};  // four chains, not one k long
-      if (g_in) acc[1] = load(g_in + row * p + q);
+      v16 acc[4] = {-coef[row] * ch.Load(v + row * p + q)};  // four chains, not one k long
+      if (g_in) acc[1] = ch.Load(g_in + row * p + q);
       int j = 0;
       for (; j + 4 <= k; j += 4)
         for (int u = 0; u < 4; ++u) acc[u] += gh[row][j + u] * ws[j + u];
       for (; j < k; ++j) acc[0] += gh[row][j] * ws[j];
-      store(g_v + row * p + q, (acc[0] + acc[1]) + (acc[2] + acc[3]));
+      ch.Store(g_v + row * p + q, (acc[0] + acc[1]) + (acc[2] + acc[3]));
     }
-  }
-  for (int64_t q = main; q < p; ++q) {
-    for (int64_t row = 0; row < count; ++row) {
-      float acc = -coef[row] * v[row * p + q] + (g_in ? g_in[row * p + q] : 0.f);
-      for (int j = 0; j < k; ++j) acc += gh[row][j] * w_t[j * p + q];
-      g_v[row * p + q] = acc;
-    }
-  }
+  });
   const float* zeros = Zeros(p);
   for (int64_t r0 = 0; r0 < count; r0 += 8) {  // eight rows' gh held in registers
     const float* rows[8];
