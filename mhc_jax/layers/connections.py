@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mhc_jax import ops
-from mhc_jax.ops import _checks
+from mhc_jax import validation as _checks
 
 MHC_INITS = ("paper", "identity")
 

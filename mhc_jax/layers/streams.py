@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from mhc_jax.ops import _checks
+from mhc_jax import validation as _checks
 
 
 def expand_streams(x_XxC: jax.Array, num_streams: int) -> jax.Array:

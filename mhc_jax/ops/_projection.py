@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mhc_jax.ops import _checks
+from mhc_jax import validation as _checks
 
 
 def _transposed(a):

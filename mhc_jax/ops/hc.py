@@ -15,7 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mhc_jax.ops import _checks, cpu
+from mhc_jax import validation as _checks
+from mhc_jax.ops import cpu
 from mhc_jax.ops._projection import rms_projection
 from mhc_jax.ops.mhc import _check_stream, _kernel_outputs, _with_input
 

@@ -31,7 +31,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mhc_jax.ops import _checks, cpu, pallas, triton_kernels
+from mhc_jax import validation as _checks
+from mhc_jax.ops import cpu, pallas, triton_kernels
 from mhc_jax.ops._projection import rms_projection
 from mhc_jax.ops._vjp import saving_inputs
 from mhc_jax.ops.sinkhorn import sinkhorn_knopp

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mhc_jax.ops import _checks
+from mhc_jax import validation as _checks
 
 GRAD_MODES = ("exact", "autodiff", "implicit")
 
