@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # (the plugin makes every `import jax` look for CUDA): only the Triton tests' subprocesses see it.
 TRITON := $(VENV)/triton-tooling
 
-.PHONY: install train test bench bench-step bench-kernels trio clean
+.PHONY: install kernels train test bench bench-step bench-kernels trio clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install mhc_jax with its test extras
 
-train: $(STAMP)  ## train the small mHC LM on real text (CPU), with checkpoints and plots in runs/
+kernels: $(STAMP)  ## build the C++ CPU kernels into the cache (once per machine; a no-op when built)
+	$(BIN)/python -m mhc_jax.ops.cpu build
+
+train: kernels  ## train the small mHC LM on real text (CPU), with checkpoints and plots in runs/
 	$(BIN)/python experiments/train.py --config configs/small_mhc_cpu.py --workdir runs/small_mhc_cpu
 
-trio: $(STAMP)  ## the matched residual / HC / mHC runs behind the README's results table
+trio: kernels  ## the matched residual / HC / mHC runs behind the README's results table
 	for c in residual hc mhc; do \
 	  $(BIN)/python experiments/train.py --config configs/small_$${c}_cpu.py --workdir runs/small_$${c}_cpu || exit 1; \
 	done
@@ -30,16 +33,16 @@ $(TRITON)/.installed: $(STAMP)
 	  "jax-cuda12-plugin==$$($(BIN)/python -c 'import jax; print(jax.__version__)')"
 	touch $@
 
-test: $(STAMP) $(TRITON)/.installed  ## run the test suite on the CPU (8 fake devices)
+test: kernels $(TRITON)/.installed  ## run the test suite on the CPU (8 fake devices)
 	MHC_TRITON_PATH=$(abspath $(TRITON)) $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)  ## Sinkhorn gradient-mode benchmark (time and memory, ratios vs autodiff)
 	$(BIN)/python experiments/bench_sinkhorn.py
 
-bench-step: $(STAMP)  ## train-step time of residual / HC / mHC, interleaved, ratios to residual
+bench-step: kernels  ## train-step time of residual / HC / mHC, interleaved, ratios to residual
 	$(BIN)/python experiments/bench_step.py
 
-bench-kernels: $(STAMP)  ## xla vs Pallas kernels vs the memory-traffic floor (meaningful on a GPU only)
+bench-kernels: kernels  ## xla vs Pallas kernels vs the memory-traffic floor (meaningful on a GPU only)
 	$(BIN)/python experiments/bench_kernels.py
 
 clean:

@@ -1,7 +1,8 @@
-"""The small CPU trio, hc member (see _small_cpu.py)."""
+"""The small CPU trio, hc member (see mhc_jax/train/presets.py)."""
 
-from _small_cpu import small_cpu
+from mhc_jax.train.config import TrainConfig
+from mhc_jax.train.presets import small_cpu
 
 
-def get_config():
+def get_config() -> TrainConfig:
   return small_cpu("hc")

@@ -9,10 +9,10 @@ implementation and mode it jits the public op (``mhc_jax.ops``) and takes the me
   * ``fwd``: the op alone;
   * ``fwd+bwd``: the outputs and the VJP of random cotangents, in one jitted function.
 
-The ``triton`` implementation covers the Sinkhorn (inside the coefficients) and post only;
-its ``pre`` row is the xla path. ``cpu`` is the C++ kernels (XLA:CPU custom calls).
+The ``triton`` implementation covers the Sinkhorn (inside the coefficients) and post only,
+so it has no ``pre`` row. ``cpu`` is the C++ kernels (XLA:CPU custom calls).
 
-The floor is SPEC section 5's memory-traffic limit: every input read once and every output
+The floor is the memory-traffic limit of docs/math.md §5: every input read once and every output
 written once (for ``fwd+bwd``, also the cotangents and the gradients), e.g. ``(n+1)C``
 elements per token for the pre-apply forward. ``GB/s`` is floor bytes over time, and
 ``of copy`` divides it by the device's measured copy bandwidth (an ``a + 1`` over a large
@@ -30,21 +30,20 @@ import argparse
 import csv
 import pathlib
 import statistics
-import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from mhc_jax import ops  # noqa: E402
+from mhc_jax import ops
+from mhc_jax.ops import dispatch
 
 GPU_SHAPES = ["16384x4x4096", "16384x4x2048", "4096x4x4096", "16384x2x4096", "8192x8x2048"]
 CPU_SHAPES = ["4096x4x256", "1024x4x512"]
 OPS = ("coefficients", "pre", "post")
+BACKEND_OPS = {"coefficients": "mhc_maps", "pre": "pre", "post": "post"}  # public op -> backend op
 
 
 def _median_s(fn, args, repeats: int) -> float:
@@ -120,7 +119,10 @@ def run(args) -> list[dict]:
   print(f"device: {device.device_kind}, copy bandwidth {copy_bw / 1e9:.1f} GB/s")
   dtype = jnp.dtype(args.dtype)
   impls = sorted(args.impls, key=lambda i: i != "xla")  # xla first: the others' ratios need it
-  cases = [(op, impl, mode) for op in OPS for impl in impls for mode in ("fwd", "fwd+bwd")]
+  for impl in impls:
+    dispatch.prepare(impl)  # builds the C++ kernels before anything is traced
+  cases = [(op, impl, mode) for op in OPS for impl in impls for mode in ("fwd", "fwd+bwd")
+           if BACKEND_OPS[op] in dispatch.backend(impl).OPS]
   bar = tqdm(total=len(shapes) * len(cases), desc="kernels", unit="case")
   rows = []
   for shape in shapes:  # one shape's arrays alive at a time
@@ -213,11 +215,7 @@ def main() -> None:
 
 
 def _triton_available() -> bool:
-  try:
-    ops.resolve_implementation("triton")
-    return True
-  except (ValueError, ImportError):
-    return False
+  return dispatch.backend("triton").unavailable(allow_build=False) is None
 
 
 if __name__ == "__main__":

@@ -13,19 +13,16 @@ plus the residual model's forward time and its (forward+backward)/forward ratio.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import statistics
-import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import jax
 
-import jax  # noqa: E402
-
-from mhc_jax.models import ModelConfig  # noqa: E402
-from mhc_jax.train import host, trainer  # noqa: E402
-from mhc_jax.train.config import TrainConfig  # noqa: E402
-from mhc_jax.train.optim import make_optimizer  # noqa: E402
+from mhc_jax import ops
+from mhc_jax.models import ModelConfig
+from mhc_jax.train import host, trainer
+from mhc_jax.train.config import TrainConfig
+from mhc_jax.train.optim import make_optimizer
 
 CONNECTIONS = ("residual", "hc", "mhc")
 
@@ -46,7 +43,8 @@ def bench_width(args, width: int) -> None:
   for connection in CONNECTIONS:
     cfg = TrainConfig(model=ModelConfig(connection=connection, num_streams=args.n, d_model=width,
                                         num_layers=args.num_layers, num_heads=max(1, width // 64),
-                                        scan_layers=args.scan_layers, dtype=args.dtype),
+                                        scan_layers=args.scan_layers, dtype=args.dtype,
+                                        implementation=args.implementation),
                       seq_len=args.seq_len, batch_size=args.batch_size)
     tx = make_optimizer(cfg)
     graphdef, state = trainer.init_state(cfg, tx)
@@ -97,9 +95,12 @@ def main() -> None:
                       help="run the blocks with lax.scan (default: unrolled, as the CPU configs do)")
   parser.add_argument("--malloc_default", action="store_true",
                       help="leave glibc's malloc settings alone (see mhc_jax.train.host)")
+  parser.add_argument("--implementation", default="auto", choices=ops.IMPLEMENTATIONS,
+                      help="the mHC/HC ops' backend (default: auto, the C++ kernels on one CPU)")
   args = parser.parse_args()
   if not args.malloc_default:
     host.keep_freed_memory()  # as experiments/train.py does
+  ops.prepare(args.implementation)
   for width in args.widths:
     bench_width(args, width)
 

@@ -10,9 +10,7 @@ import pathlib
 import statistics
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from mhc_jax.train import plots  # noqa: E402
+from mhc_jax.train import plots
 
 
 def main(argv=None) -> int:

@@ -1,12 +1,9 @@
 """Generate text from the newest checkpoint: ``python experiments/sample.py --workdir DIR``."""
 
 import argparse
-import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from mhc_jax.train import sampling, trainer  # noqa: E402
+from mhc_jax.train import sampling, trainer
 
 
 def main(argv=None) -> int:

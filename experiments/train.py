@@ -6,18 +6,18 @@ same workdir resumes from its newest checkpoint.
 """
 
 import argparse
-import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from mhc_jax.train import config as config_lib  # noqa: E402
-from mhc_jax.train import host  # noqa: E402
-from mhc_jax.train import trainer  # noqa: E402
+from mhc_jax.train import config as config_lib
+from mhc_jax.train import host
+from mhc_jax.train import trainer
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      epilog="Override any config field with --config.<field>=<value>, e.g. --config.train_steps=2000 "
+             "--config.model.connection=hc.")
   parser.add_argument("--config", required=True, help="path to configs/<name>.py")
   parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and plots go here")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mhc_jax import ops
-from mhc_jax import validation as _checks
+from mhc_jax import validation
 
 MHC_INITS = ("paper", "identity")
 
@@ -42,21 +42,21 @@ class Residual(nnx.Module):
 
 
 class _StreamConnection(nnx.Module):
-  """Shared update for HC and mHC; subclasses provide ``maps(x)``."""
+  """Shared update for HC and mHC; subclasses provide ``pre(x) -> (u, ctx)`` (``ops.*_connection_pre``)."""
 
   def __init__(self, sublayer: Callable, num_streams: int, features: int,
                implementation: str, capture_maps: bool):
-    _checks.check_int("num_streams", num_streams, 1)
-    _checks.check_int("features", features, 1)
-    ops.resolve_implementation(implementation)
+    validation.check_int("num_streams", num_streams, 1)
+    validation.check_int("features", features, 1)
+    ops.check_implementation(implementation)
     self.sublayer = sublayer
     self.num_streams = num_streams
     self.features = features
     self.implementation = implementation
     self.capture_maps = capture_maps
 
-  def maps(self, x_XxNxC, with_pre: bool = False, pass_stream: bool = False):
-    """``(h_pre, h_post, h_res)``, then u and x as asked (see ``ops.mhc_coefficients``)."""
+  def pre(self, x_XxNxC) -> tuple[jax.Array, ops.Context]:
+    """``(u, ctx)``: the sublayer input ``u = H_pre x`` and the maps, for ``ops.connection_post``."""
     raise NotImplementedError
 
   def __call__(self, x_XxNxC, *args, **kwargs):
@@ -65,22 +65,16 @@ class _StreamConnection(nnx.Module):
       raise ValueError(f"{type(self).__name__} expects x of shape [..., {n}, {c}] "
                        f"(num_streams, features), got {x_XxNxC.shape}")
     if n == 1:
-      y = self.sublayer(x_XxNxC[..., 0, :], *args, **kwargs)
-      return x_XxNxC + y[..., None, :].astype(x_XxNxC.dtype)
-    # The stream is passed from op to op so that the "cpu" kernels add its gradients in-kernel,
-    # and the maps come with the sublayer input (the kernels compute it in the same pass).
-    h_pre, h_post, h_res, u_XxC, x_XxNxC = self.maps(x_XxNxC, with_pre=True, pass_stream=True)
+      return x_XxNxC + self.sublayer(x_XxNxC[..., 0, :], *args, **kwargs)[..., None, :].astype(x_XxNxC.dtype)
+    u_XxC, ctx = self.pre(x_XxNxC)                  # u = H_pre x
+    y_XxC = self.sublayer(u_XxC, *args, **kwargs)   # y = F(u)
     if self.capture_maps:
-      self.h_pre = nnx.Intermediate(h_pre)
-      self.h_post = nnx.Intermediate(h_post)
-      self.h_res = nnx.Intermediate(h_res)
-    y_XxC = self.sublayer(u_XxC, *args, **kwargs)
-    return ops.mhc_post(x_XxNxC, y_XxC.astype(x_XxNxC.dtype), h_post, h_res,
-                        implementation=self.implementation)
+      self.h_pre, self.h_post, self.h_res = (nnx.Intermediate(m) for m in (ctx.h_pre, ctx.h_post, ctx.h_res))
+    return ops.connection_post(y_XxC, ctx)          # x' = H_res x + H_post^T y
 
 
 class HyperConnection(_StreamConnection):
-  """Hyper-Connections (SPEC section 3): dynamic by default, static with ``dynamic=False``.
+  """Hyper-Connections (docs/math.md §4): dynamic by default, static with ``dynamic=False``.
 
   At init (w = 0, a_pre = e_{k mod N}, b_post = 1, a_res = I) it computes exactly what a
   Pre-Norm residual network computes; the one-hot read is what breaks stream symmetry.
@@ -101,15 +95,14 @@ class HyperConnection(_StreamConnection):
       self.s_alpha = nnx.Param(jnp.asarray(gate_init, jnp.float32))
       self.s_beta = nnx.Param(jnp.asarray(gate_init, jnp.float32))
 
-  def maps(self, x_XxNxC, with_pre: bool = False, pass_stream: bool = False):
+  def pre(self, x_XxNxC):
     static = (self.a_pre[...], self.b_post[...], self.a_res[...])
     dynamic = (self.w[...], self.s_alpha[...], self.s_beta[...]) if self.dynamic else ()
-    return ops.hc_coefficients(x_XxNxC, *static, *dynamic, implementation=self.implementation,
-                               with_pre=with_pre, pass_stream=pass_stream)
+    return ops.hc_connection_pre(x_XxNxC, *static, *dynamic, implementation=self.implementation)
 
 
 class ManifoldHyperConnection(_StreamConnection):
-  """mHC (SPEC section 2): H_res doubly stochastic via Sinkhorn, H_pre and H_post non-negative.
+  """mHC (docs/math.md §2): H_res doubly stochastic via Sinkhorn, H_pre and H_post non-negative.
 
   Init presets:
     * ``"paper"``: bias = 0, alpha = ``alpha_init`` (0.01), phi ~ N(0, 1/(N*C)). Within O(alpha)
@@ -124,9 +117,9 @@ class ManifoldHyperConnection(_StreamConnection):
                init: str = "paper", alpha_init: float = 0.01, identity_logit: float = 6.0,
                implementation: str = "auto", capture_maps: bool = False, rngs: nnx.Rngs):
     super().__init__(sublayer, num_streams, features, implementation, capture_maps)
-    _checks.check_int("num_iters", num_iters, 1)
-    _checks.check_choice("sinkhorn_grad", sinkhorn_grad, ops.GRAD_MODES)
-    _checks.check_choice("init", init, MHC_INITS)
+    validation.check_int("num_iters", num_iters, 1)
+    validation.check_choice("sinkhorn_grad", sinkhorn_grad, ops.GRAD_MODES)
+    validation.check_choice("init", init, MHC_INITS)
     self.num_iters = num_iters
     self.sinkhorn_grad = sinkhorn_grad
     self.sinkhorn_eps = sinkhorn_eps
@@ -144,11 +137,11 @@ class ManifoldHyperConnection(_StreamConnection):
       bias = bias.at[:n].set(pre).at[2 * n:].set(res)
     self.bias = nnx.Param(bias)
 
-  def maps(self, x_XxNxC, with_pre: bool = False, pass_stream: bool = False):
-    return ops.mhc_coefficients(
+  def pre(self, x_XxNxC):
+    return ops.mhc_connection_pre(
         x_XxNxC, self.phi[...], self.alpha[...], self.bias[...], num_iters=self.num_iters,
         sinkhorn_eps=self.sinkhorn_eps, sinkhorn_grad=self.sinkhorn_grad,
-        implementation=self.implementation, with_pre=with_pre, pass_stream=pass_stream)
+        implementation=self.implementation)
 
 
 CONNECTIONS = ("residual", "hc", "mhc")
@@ -157,7 +150,7 @@ CONNECTIONS = ("residual", "hc", "mhc")
 def make_connection(kind: str, sublayer: Callable, *, num_streams: int, features: int,
                     layer_index=0, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
   """Builds ``"residual"`` | ``"hc"`` | ``"mhc"`` around ``sublayer``; kwargs go to HC or mHC."""
-  _checks.check_choice("connection", kind, CONNECTIONS)
+  validation.check_choice("connection", kind, CONNECTIONS)
   if kind == "residual":
     return Residual(sublayer)
   cls = HyperConnection if kind == "hc" else ManifoldHyperConnection

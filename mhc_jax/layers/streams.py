@@ -7,12 +7,12 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from mhc_jax import validation as _checks
+from mhc_jax import validation
 
 
 def expand_streams(x_XxC: jax.Array, num_streams: int) -> jax.Array:
   """Copies ``[..., C]`` into ``num_streams`` identical streams ``[..., N, C]``."""
-  _checks.check_int("num_streams", num_streams, 1)
+  validation.check_int("num_streams", num_streams, 1)
   return jnp.broadcast_to(x_XxC[..., None, :], x_XxC.shape[:-1] + (num_streams, x_XxC.shape[-1]))
 
 
@@ -31,8 +31,8 @@ class StreamHead(nnx.Module):
 
   def __init__(self, num_streams: int, features: int, *, alpha_init: float = 0.01,
                eps: float = 1e-6, rms_eps: float = 1e-6, rngs: nnx.Rngs):
-    _checks.check_int("num_streams", num_streams, 1)
-    _checks.check_int("features", features, 1)
+    validation.check_int("num_streams", num_streams, 1)
+    validation.check_int("features", features, 1)
     n = num_streams
     self.num_streams, self.features, self.eps, self.rms_eps = n, features, eps, rms_eps
     std = (n * features) ** -0.5

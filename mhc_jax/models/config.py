@@ -6,6 +6,7 @@ import dataclasses
 
 from mhc_jax.layers import CONNECTIONS, MHC_INITS
 from mhc_jax.ops import GRAD_MODES, IMPLEMENTATIONS
+from mhc_jax.validation import check_choice, check_int, check_number
 
 DTYPES = ("float32", "bfloat16")
 READOUTS = ("sum", "head")
@@ -41,28 +42,23 @@ class ModelConfig:
   remat: bool = False
 
   def __post_init__(self):
-    def fail(name, why):
-      raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: {why}")
-
+    owner = "ModelConfig"
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "num_streams", "sinkhorn_iters"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        fail(name, "must be an int >= 1")
-    if isinstance(self.mlp_dim, bool) or not isinstance(self.mlp_dim, int) or self.mlp_dim < 0:
-      fail("mlp_dim", "must be an int >= 0 (0 picks the SwiGLU default)")
-    if self.d_model % self.num_heads:
-      fail("num_heads", f"must divide d_model={self.d_model}")
-    if (self.d_model // self.num_heads) % 2:
-      fail("num_heads", f"head width d_model/num_heads={self.d_model // self.num_heads} must be even for RoPE")
-    if self.rope_theta <= 0:
-      fail("rope_theta", "must be > 0")
+      check_int(name, getattr(self, name), 1, owner=owner)
+    check_int("mlp_dim", self.mlp_dim, 0, owner=owner)  # 0 picks the SwiGLU default
+    check_number("rope_theta", self.rope_theta, low_open=True, owner=owner)
     for name, choices in (("connection", CONNECTIONS), ("sinkhorn_grad", GRAD_MODES),
                           ("mhc_init", MHC_INITS), ("readout", READOUTS),
                           ("implementation", IMPLEMENTATIONS), ("dtype", DTYPES)):
-      if getattr(self, name) not in choices:
-        fail(name, f"must be one of {choices}")
+      check_choice(name, getattr(self, name), choices, owner=owner)
+    if self.d_model % self.num_heads:
+      raise ValueError(f"ModelConfig.num_heads={self.num_heads}: must divide d_model={self.d_model}")
+    if (self.d_model // self.num_heads) % 2:
+      raise ValueError(f"ModelConfig.num_heads={self.num_heads}: head width d_model/num_heads="
+                       f"{self.d_model // self.num_heads} must be even for RoPE")
     if self.readout == "head" and self.connection == "residual":
-      fail("readout", "a learned head needs streams; use connection='hc' or 'mhc'")
+      raise ValueError("ModelConfig.readout='head': a learned head needs streams; "
+                       "use connection='hc' or 'mhc'")
 
   @property
   def streams(self) -> int:

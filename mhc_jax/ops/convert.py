@@ -1,4 +1,4 @@
-"""DeepSeek's released mHC parameter layout <-> ours (SPEC section 8).
+"""DeepSeek's released mHC parameter layout <-> ours (docs/math.md §8).
 
 DeepSeek stores ``hc_fn [K, N*C]`` (rows [pre | post | comb], columns over the stream-major
 flattening i*C + c), ``hc_scale [3]`` and ``hc_base [K]``. Its combine matrix is consumed
@@ -28,27 +28,29 @@ def _num_streams(k: int) -> int:
   return n
 
 
+def _checked(w, w_name: str, k_axis: int, scale, scale_name: str, base, base_name: str) -> int:
+  """N, after checking a projection ``w`` (K on ``k_axis``), its gates and its bias."""
+  if w.ndim != 2:
+    layout = "[N*N+2N, N*C]" if k_axis == 0 else "[N*C, N*N+2N]"
+    raise ValueError(f"{w_name} must be {layout}, got shape {w.shape}")
+  k = w.shape[k_axis]
+  n = _num_streams(k)
+  if base.shape != (k,):
+    raise ValueError(f"{base_name} has shape {base.shape}, expected ({k},)")
+  if scale.shape != (3,):
+    raise ValueError(f"{scale_name} has shape {scale.shape}, expected (3,)")
+  return n
+
+
 def from_deepseek(hc_fn, hc_scale, hc_base):
   """DeepSeek ``(hc_fn [K, N*C], hc_scale [3], hc_base [K])`` -> ours ``(phi [N*C, K], alpha [3], bias [K])``."""
   hc_fn, hc_scale, hc_base = map(jnp.asarray, (hc_fn, hc_scale, hc_base))
-  if hc_fn.ndim != 2:
-    raise ValueError(f"hc_fn must be [N*N+2N, N*C], got shape {hc_fn.shape}")
-  n = _num_streams(hc_fn.shape[0])
-  if hc_base.shape != (hc_fn.shape[0],):
-    raise ValueError(f"hc_base has shape {hc_base.shape}, expected ({hc_fn.shape[0]},)")
-  if hc_scale.shape != (3,):
-    raise ValueError(f"hc_scale has shape {hc_scale.shape}, expected (3,)")
+  n = _checked(hc_fn, "hc_fn", 0, hc_scale, "hc_scale", hc_base, "hc_base")
   return _transpose_res_rows(hc_fn, n).T, hc_scale, _transpose_res_rows(hc_base, n)
 
 
 def to_deepseek(phi, alpha, bias):
   """Ours ``(phi [N*C, K], alpha [3], bias [K])`` -> DeepSeek ``(hc_fn [K, N*C], hc_scale [3], hc_base [K])``."""
   phi, alpha, bias = map(jnp.asarray, (phi, alpha, bias))
-  if phi.ndim != 2:
-    raise ValueError(f"phi must be [N*C, N*N+2N], got shape {phi.shape}")
-  n = _num_streams(phi.shape[1])
-  if bias.shape != (phi.shape[1],):
-    raise ValueError(f"bias has shape {bias.shape}, expected ({phi.shape[1]},)")
-  if alpha.shape != (3,):
-    raise ValueError(f"alpha has shape {alpha.shape}, expected (3,)")
+  n = _checked(phi, "phi", 1, alpha, "alpha", bias, "bias")
   return _transpose_res_rows(phi.T, n), alpha, _transpose_res_rows(bias, n)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 
 def sinkhorn_reference(logits, num_iters: int = 20, eps: float = 1e-6):
-  """DeepSeek's sequence (SPEC section 2), unrolled in Python."""
+  """DeepSeek's sequence (docs/math.md §3), unrolled in Python."""
   m = jax.nn.softmax(logits, axis=-2) + eps
   m = m / (m.sum(-1, keepdims=True) + eps)
   for _ in range(num_iters - 1):
@@ -47,7 +47,7 @@ def mhc_post_reference(x, y, h_post, h_res):
 
 
 def hc_coefficients_reference(x, w, s_alpha, s_beta, a_pre, b_post, a_res, *, rms_eps=1e-6):
-  """Dynamic HC (SPEC section 3), written per stream as in the HC paper."""
+  """Dynamic HC (docs/math.md §4), written per stream as in the HC paper."""
   n = x.shape[-2]
   rows_pre, rows_post, rows_res = [], [], []
   for i in range(n):

@@ -1,4 +1,4 @@
-"""Sinkhorn-Knopp projection onto doubly stochastic matrices (SPEC sections 2 and 4).
+"""Sinkhorn-Knopp projection onto doubly stochastic matrices (docs/math.md §3).
 
 Paper layout: ``H[i, j]`` is how much output stream i reads from input stream j, so row
 sums are the forward gain and column sums the backward gain. Rows are normalized last,
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mhc_jax import validation as _checks
+from mhc_jax import validation
 
 GRAD_MODES = ("exact", "autodiff", "implicit")
 
@@ -215,15 +215,15 @@ def sinkhorn_knopp(
   Returns:
     ``[..., N, N]`` in fp32 (fp64 for fp64 input): the math always runs in at least fp32.
   """
-  _checks.check_choice("grad", grad, GRAD_MODES)
-  _checks.check_int("num_iters", num_iters, 1)
-  _checks.check_nonnegative("eps", eps)
+  validation.check_choice("grad", grad, GRAD_MODES)
+  validation.check_int("num_iters", num_iters, 1)
+  validation.check_nonnegative("eps", eps)
   logits = jnp.asarray(logits)
-  _checks.check_float("logits", logits)
+  validation.check_float("logits", logits)
   if logits.ndim < 2 or logits.shape[-1] != logits.shape[-2]:
     raise ValueError(f"logits must have shape [..., N, N], got {logits.shape}")
   batch, n = logits.shape[:-2], logits.shape[-1]
-  x_NxNxT = jnp.moveaxis(logits.astype(_checks.compute_dtype(logits.dtype)).reshape(-1, n, n), 0, -1)
+  x_NxNxT = jnp.moveaxis(logits.astype(validation.compute_dtype(logits.dtype)).reshape(-1, n, n), 0, -1)
   fn = {"autodiff": _forward, "implicit": _sinkhorn_implicit, "exact": _sinkhorn_exact}[grad]
   p_NxNxT = fn(x_NxNxT, num_iters, float(eps))
   return jnp.moveaxis(p_NxNxT, -1, 0).reshape(batch + (n, n))

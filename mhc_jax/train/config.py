@@ -1,8 +1,9 @@
 """Typed training configuration, ``configs/<name>.py`` loading, and ``--config.<field>=<value>`` overrides.
 
-A config file defines ``get_config() -> TrainConfig``. Overrides follow the ml_collections
-config-flags convention: ``--config.train_steps=500 --config.model.d_model=128``. Every value
-is checked when the config is built; an error names the field.
+A config file defines ``get_config() -> TrainConfig``. Overrides use the ml_collections
+config-flags spelling, ``--config.train_steps=500 --config.model.d_model=128``, but are applied
+here with ``dataclasses.replace``: config_flags sets fields with ``setattr``, which frozen
+dataclasses refuse. Every value is checked when the config is built; an error names the field.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import dataclasses
 import importlib.util
 import json
 import pathlib
-import sys
-import types
 import typing
 
 from mhc_jax.models import ModelConfig
+from mhc_jax.validation import check_choice, check_int, check_number
 
 SCHEDULES = ("step", "cosine")
 
@@ -49,35 +49,32 @@ class TrainConfig:
   keep_checkpoints: int = 3
 
   def __post_init__(self):
-    def fail(name, why):
-      raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
-
+    owner = "TrainConfig"
     if not isinstance(self.model, ModelConfig):
-      fail("model", "must be a ModelConfig")
+      raise ValueError(f"TrainConfig.model={self.model!r}: must be a ModelConfig")
     for name in ("seq_len", "batch_size", "train_steps", "log_every", "eval_every", "eval_batches",
                  "checkpoint_every", "keep_checkpoints"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        fail(name, "must be an int >= 1")
+      check_int(name, getattr(self, name), 1, owner=owner)
     for name in ("warmup_steps", "seed"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        fail(name, "must be an int >= 0")
+      check_int(name, getattr(self, name), 0, owner=owner)
     for name in ("learning_rate", "grad_clip"):
-      if not getattr(self, name) > 0:
-        fail(name, "must be > 0")
-    if not 0 <= self.weight_decay:
-      fail("weight_decay", "must be >= 0")
+      check_number(name, getattr(self, name), low_open=True, owner=owner)
+    check_number("weight_decay", self.weight_decay, owner=owner)
     for name in ("b1", "b2"):
-      if not 0 <= getattr(self, name) < 1:
-        fail(name, "must be in [0, 1)")
-    if self.schedule not in SCHEDULES:
-      fail("schedule", f"must be one of {SCHEDULES}")
-    if len(self.decay_fractions) != len(self.decay_factors):
-      fail("decay_factors", f"needs one factor per decay fraction {self.decay_fractions}")
-    if list(self.decay_fractions) != sorted(self.decay_fractions) or not all(
-        0 < f < 1 for f in self.decay_fractions):
-      fail("decay_fractions", "must be increasing fractions in (0, 1)")
+      check_number(name, getattr(self, name), high=1.0, owner=owner)
+    check_choice("schedule", self.schedule, SCHEDULES, owner=owner)
+    for name in ("decay_fractions", "decay_factors"):
+      if not isinstance(getattr(self, name), tuple):
+        raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be a tuple")
+    for i, fraction in enumerate(self.decay_fractions):
+      check_number(f"decay_fractions[{i}]", fraction, high=1.0, low_open=True, owner=owner)
+    for i, factor in enumerate(self.decay_factors):
+      check_number(f"decay_factors[{i}]", factor, owner=owner)
+    if list(self.decay_fractions) != sorted(self.decay_fractions):
+      raise ValueError(f"TrainConfig.decay_fractions={self.decay_fractions!r}: must be increasing")
+    if len(self.decay_factors) != len(self.decay_fractions):
+      raise ValueError(f"TrainConfig.decay_factors={self.decay_factors!r}: needs one factor per "
+                       f"decay fraction {self.decay_fractions}")
 
   def replace(self, **changes) -> "TrainConfig":
     return dataclasses.replace(self, **changes)
@@ -87,6 +84,7 @@ class TrainConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "TrainConfig":
+    """Inverse of ``to_dict`` (JSON turns tuples into lists)."""
     d = dict(d)
     d["model"] = ModelConfig(**d.get("model", {}))
     for name in ("decay_fractions", "decay_factors"):
@@ -105,11 +103,7 @@ def load_config_file(path: str | pathlib.Path) -> TrainConfig:
     raise FileNotFoundError(f"config file {str(path)!r} does not exist")
   spec = importlib.util.spec_from_file_location(f"_mhc_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, str(path.parent.resolve()))  # config files may import shared bases beside them
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    sys.path.pop(0)
+  spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ValueError(f"config file {str(path)!r} defines no get_config()")
   config = module.get_config()
@@ -118,50 +112,46 @@ def load_config_file(path: str | pathlib.Path) -> TrainConfig:
   return config
 
 
-def _parse_value(text: str, annotation, current, dotted: str):
-  """Converts the override text to the field's type."""
-  hint = annotation
-  if typing.get_origin(hint) in (typing.Union, types.UnionType):
-    hint = next(a for a in typing.get_args(hint) if a is not type(None))
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _parse_value(text: str, hint, flag: str):
+  """The override text as the field's annotated type (bool, int, float, str or tuple[float, ...])."""
   try:
-    if hint is bool or isinstance(current, bool):
-      if text.lower() in ("true", "1", "yes"):
-        return True
-      if text.lower() in ("false", "0", "no"):
-        return False
-      raise ValueError(text)
-    if hint is int or isinstance(current, int):
-      return int(text)
-    if hint is float or isinstance(current, float):
-      return float(text)
-    if typing.get_origin(hint) is tuple or isinstance(current, tuple):
-      items = [s for s in text.strip("()[] ").split(",") if s.strip()]
-      return tuple(float(s) for s in items)
-  except ValueError:
-    raise ValueError(f"--config.{dotted}={text!r}: cannot parse as {getattr(hint, '__name__', hint)}") from None
+    if hint is bool:
+      return _BOOLS[text.lower()]
+    if hint in (int, float):
+      return hint(text)
+    if typing.get_origin(hint) is tuple:
+      item = typing.get_args(hint)[0]
+      return tuple(item(s) for s in text.strip("()[] ").split(",") if s.strip())
+  except (KeyError, ValueError):
+    what = hint.__name__ if isinstance(hint, type) else hint
+    raise ValueError(f"{flag}={text!r}: cannot parse as {what}") from None
   return text
 
 
 def apply_overrides(config, overrides: dict[str, str]):
   """Returns ``config`` with ``{"model.d_model": "128", ...}`` applied (nested frozen dataclasses)."""
   for dotted, text in overrides.items():
-    config = _override(config, dotted.split("."), text, dotted)
+    config = _override(config, dotted.split("."), text, f"--config.{dotted}")
   return config
 
 
-def _override(obj, path: list[str], text: str, dotted: str):
-  fields = {f.name: f for f in dataclasses.fields(obj)}
-  name = path[0]
-  if name not in fields:
-    raise ValueError(f"--config.{dotted}: {type(obj).__name__} has no field {name!r}; "
-                     f"fields: {sorted(fields)}")
-  current = getattr(obj, name)
-  if len(path) > 1:
-    if not dataclasses.is_dataclass(current):
-      raise ValueError(f"--config.{dotted}: {name!r} is not a nested config")
-    return dataclasses.replace(obj, **{name: _override(current, path[1:], text, dotted)})
+def _override(obj, path: list[str], text: str, flag: str):
   hints = typing.get_type_hints(type(obj))
-  return dataclasses.replace(obj, **{name: _parse_value(text, hints[name], current, dotted)})
+  name = path[0]
+  if name not in hints:
+    raise ValueError(f"{flag}: {type(obj).__name__} has no field {name!r}; fields: {sorted(hints)}")
+  if len(path) > 1:
+    current = getattr(obj, name)
+    if not dataclasses.is_dataclass(current):
+      raise ValueError(f"{flag}: {type(obj).__name__}.{name} is not a nested config")
+    return dataclasses.replace(obj, **{name: _override(current, path[1:], text, flag)})
+  if dataclasses.is_dataclass(hints[name]):
+    raise ValueError(f"{flag}: {type(obj).__name__}.{name} is a nested config; set its fields, "
+                     f"e.g. {flag}.{dataclasses.fields(hints[name])[0].name}=...")
+  return dataclasses.replace(obj, **{name: _parse_value(text, hints[name], flag)})
 
 
 def parse_override_args(argv: list[str]) -> dict[str, str]:

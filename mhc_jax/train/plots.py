@@ -1,13 +1,14 @@
-"""PNG plots of a run's metrics: loss (train and validation) and gradient norm."""
+"""PNG plots of a run's metrics: loss (train and validation) and gradient norm.
+
+Figures are ``matplotlib.figure.Figure`` objects saved straight to PNG, without pyplot: no global
+backend switch, no window, and nothing to close.
+"""
 
 from __future__ import annotations
 
 import pathlib
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def _series(rows: list[dict], key: str):
@@ -20,7 +21,8 @@ def plot_metrics(rows: list[dict], out_dir: str | pathlib.Path, title: str = "")
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = []
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
   for key, label in (("train_loss", "train"), ("val_loss", "validation")):
     steps, values = _series(rows, key)
     if steps:
@@ -30,17 +32,16 @@ def plot_metrics(rows: list[dict], out_dir: str | pathlib.Path, title: str = "")
   ax.legend()
   paths.append(out_dir / "loss.png")
   fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-  plt.close(fig)
 
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
   steps, values = _series(rows, "grad_norm")
   ax.plot(steps, values, color="tab:red")
-  ax.set(xlabel="step", ylabel="global gradient norm (before clipping)", title=f"{title}: gradient norm" if title else "gradient norm",
-         yscale="log")
+  ax.set(xlabel="step", ylabel="global gradient norm (before clipping)",
+         title=f"{title}: gradient norm" if title else "gradient norm", yscale="log")
   ax.grid(alpha=0.3)
   paths.append(out_dir / "grad_norm.png")
   fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-  plt.close(fig)
   return paths
 
 
@@ -48,7 +49,8 @@ def plot_comparison(runs: dict[str, list[dict]], path: str | pathlib.Path) -> pa
   """Validation bits per byte and gradient norm of several runs side by side (one PNG)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig, (ax_val, ax_grad) = plt.subplots(1, 2, figsize=(12, 4.5))
+  fig = Figure(figsize=(12, 4.5))
+  ax_val, ax_grad = fig.subplots(1, 2)
   for name, rows in runs.items():
     ax_val.plot(*_series(rows, "val_bpb"), marker="o", markersize=3, label=name)
     ax_grad.plot(*_series(rows, "grad_norm"), label=name, alpha=0.8)
@@ -58,5 +60,4 @@ def plot_comparison(runs: dict[str, list[dict]], path: str | pathlib.Path) -> pa
     ax.grid(alpha=0.3)
     ax.legend()
   fig.savefig(path, dpi=120, bbox_inches="tight")
-  plt.close(fig)
   return path

@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from mhc_jax import ops
 from mhc_jax.models import TransformerLM
 from mhc_jax.train import data as data_lib
 from mhc_jax.train import plots
@@ -101,6 +102,7 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = Tru
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   data = data_lib.prepare_data(cfg.data_source or None, cfg.seq_len, cfg.batch_size, cfg.seed)
+  ops.prepare(cfg.model.implementation)  # the C++ kernels are built before anything is traced
   tx = make_optimizer(cfg)
   schedule = learning_rate_schedule(cfg)
   graphdef, state = init_state(cfg, tx)
@@ -126,43 +128,73 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = Tru
   bar = tqdm(total=cfg.train_steps, initial=start, disable=not progress, unit="step",
              dynamic_ncols=True, mininterval=1.0)
   last_time, last_step = time.perf_counter(), start
-  pending = None
+  # Steps dispatched but not yet finished, oldest first; their metrics are still on the device.
+  # A step's metrics are read once the next step is dispatched, so the device has queued work
+  # whenever the host waits on it. Eval and checkpoint steps are finished before the next step
+  # is dispatched, because it donates the state they need.
+  unread: list[tuple[int, dict]] = []
+
+  def evals(step: int) -> bool:
+    return step % cfg.eval_every == 0 or step == cfg.train_steps
+
+  def saves(step: int) -> bool:
+    return step % cfg.checkpoint_every == 0 or step == cfg.train_steps
+
+  def finish() -> None:
+    """Reads the oldest unread step's metrics (raising on a non-finite loss), logs them, and runs
+    that step's eval and checkpoint, which need ``state`` to still be that step's state."""
+    nonlocal last_time, last_step
+    step, metrics = unread[0]
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+      kept = ckpt.steps()
+      raise TrainingDiverged(
+          f"loss is {loss} at step {step}; training stopped. The last good checkpoint "
+          f"(step {kept[-1] if kept else 'none'}) is kept in {ckpt.directory}.")
+    row = None
+    if step % cfg.log_every == 0 or step == cfg.train_steps:
+      now = time.perf_counter()
+      row = {"step": step, "train_loss": loss, "grad_norm": float(metrics["grad_norm"]),
+             "learning_rate": float(schedule(step - 1)),
+             "tokens_per_sec": tokens_per_step * (step - last_step) / (now - last_time)}
+      last_time, last_step = now, step
+    paused = time.perf_counter()  # eval and checkpoint time is not training throughput
+    if evals(step):
+      row = (row or {"step": step, "train_loss": loss}) | evaluate(eval_step, state["params"], eval_batches)
+    if row is not None:
+      log.write(json.dumps(row) + "\n")
+      log.flush()
+      bar.set_postfix({k: f"{row[k]:.4g}" for k in ("train_loss", "val_bpb", "tokens_per_sec")
+                       if k in row}, refresh=False)
+    if saves(step):
+      ckpt.save(step, state, train_iter.get_state(), cfg.to_dict())
+    last_time += time.perf_counter() - paused
+    bar.update(1)
+    unread.pop(0)
+
+  def finish_unread() -> None:
+    while unread:
+      finish()
+
+  data_state = None
+  log = metrics_path.open("a")
   try:
-    with metrics_path.open("a") as log:
-      for step in range(start + 1, cfg.train_steps + 1):
-        pending = train_iter.get_state()  # the data position that matches `state` until it advances
-        batch = jnp.asarray(next(train_iter))
-        state, metrics = train_step(state, batch)
-        pending = None
-        loss = float(metrics["loss"])
-        if not math.isfinite(loss):
-          kept = ckpt.steps()
-          raise TrainingDiverged(
-              f"loss is {loss} at step {step}; training stopped. The last good checkpoint "
-              f"(step {kept[-1] if kept else 'none'}) is kept in {ckpt.directory}.")
-        row = None
-        if step % cfg.log_every == 0 or step == cfg.train_steps:
-          now = time.perf_counter()
-          row = {"step": step, "train_loss": loss, "grad_norm": float(metrics["grad_norm"]),
-                 "learning_rate": float(schedule(step - 1)),
-                 "tokens_per_sec": tokens_per_step * (step - last_step) / (now - last_time)}
-          last_time, last_step = now, step
-        paused = time.perf_counter()  # eval and checkpoint time is not training throughput
-        if step % cfg.eval_every == 0 or step == cfg.train_steps:
-          row = (row or {"step": step, "train_loss": loss}) | evaluate(eval_step, state["params"], eval_batches)
-        if row is not None:
-          log.write(json.dumps(row) + "\n")
-          log.flush()
-          bar.set_postfix({k: f"{row[k]:.4g}" for k in ("train_loss", "val_bpb", "tokens_per_sec")
-                           if k in row}, refresh=False)
-        if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
-          ckpt.save(step, state, train_iter.get_state(), cfg.to_dict())
-        last_time += time.perf_counter() - paused
-        bar.update(1)
+    for step in range(start + 1, cfg.train_steps + 1):
+      data_state = train_iter.get_state()  # the data position that matches `state` until it advances
+      batch = jnp.asarray(next(train_iter))
+      state, metrics = train_step(state, batch)
+      data_state = None
+      unread.append((step, metrics))
+      while len(unread) > 1:  # the previous step, read while this one runs
+        finish()
+      if evals(step) or saves(step):
+        finish()
   except KeyboardInterrupt:
-    _save_on_interrupt(ckpt, state, pending if pending is not None else train_iter.get_state(), cfg)
+    _save_on_interrupt(finish_unread, ckpt, state,
+                       train_iter.get_state() if data_state is None else data_state, cfg)
     raise
   finally:
+    log.close()
     bar.close()
     ckpt.close()
   rows = _read_metrics(metrics_path)
@@ -170,13 +202,17 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = Tru
   return rows
 
 
-def _save_on_interrupt(ckpt, state, data_state, cfg) -> None:
-  """Ctrl-C: save the state and the data position that belongs to it, if they are intact."""
+def _save_on_interrupt(finish_unread, ckpt, state, data_state, cfg) -> None:
+  """Ctrl-C: log the steps not yet read (a non-finite loss among them stops the save), then save
+  the state and the data position that belongs to it, if they are intact."""
   try:
+    finish_unread()
     done = int(state["step"])
     if done > 0 and done not in ckpt.steps():
       ckpt.save(done, state, data_state, cfg.to_dict())
     print(f"\ninterrupted: saved step {done}; rerun the same command to resume", file=sys.stderr)
+  except TrainingDiverged as e:
+    print(f"\ninterrupted, and nothing saved: {e}", file=sys.stderr)
   except Exception as e:  # noqa: BLE001 - e.g. interrupted inside the step, buffers donated
     print(f"\ninterrupted ({type(e).__name__}); rerun the same command to resume from the last "
           "checkpoint", file=sys.stderr)
@@ -189,6 +225,7 @@ def load_for_inference(workdir: str | pathlib.Path):
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
   cfg = TrainConfig.from_dict(ckpt.read_config(steps[-1]))
+  ops.prepare(cfg.model.implementation)
   tx = make_optimizer(cfg)
   graphdef, state = init_state(cfg, tx)
   restored = ckpt.restore_latest(jax.eval_shape(lambda: state))

@@ -98,7 +98,8 @@ def test_mhc_default_init_is_close_to_prenorm_residual():
 def test_identity_init_maps():
   conn = layers.ManifoldHyperConnection(Branch(nnx.Rngs(0)), num_streams=4, features=C,
                                         layer_index=6, init="identity", rngs=nnx.Rngs(1))
-  h_pre, h_post, h_res = conn.maps(layers.expand_streams(_x(), 4))
+  _, ctx = conn.pre(layers.expand_streams(_x(), 4))
+  h_pre, h_post, h_res = ctx.h_pre, ctx.h_post, ctx.h_res
   np.testing.assert_allclose(h_res, jnp.broadcast_to(jnp.eye(4), h_res.shape), atol=0.02)
   np.testing.assert_allclose(h_pre, jnp.broadcast_to(jnp.eye(4)[2], h_pre.shape), atol=0.01)
   np.testing.assert_allclose(h_post, 1.0, atol=0.05)

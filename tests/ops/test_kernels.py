@@ -6,15 +6,12 @@ JAX_PLATFORMS=cuda), its CPU twin is test_triton.py. Forward and VJP (random cot
 {1, 2, 4, 8}, ragged C (37; 300 spans two 256-column chunks with a masked tail), ragged T,
 fp32 and bf16 streams. The kernels must also lower to Triton for a GPU from this CPU
 machine, and remat must really replay them. The C++ CPU kernels (TestCpu) run for real here,
-plus their own checks: many token blocks, HC's kernel, the passed stream's gradients,
-bitwise reproducibility, when "auto" picks them, and their build errors.
+plus their own checks: many token blocks, HC's kernel, the fused connection's gradients and
+bitwise reproducibility. What "auto" picks is tested in test_dispatch.py, the C++ build in
+test_cpu_build.py.
 """
 
-import os
 import re
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +19,7 @@ import numpy as np
 import pytest
 
 from mhc_jax import ops
-from mhc_jax.ops import cpu, reference
+from mhc_jax.ops import dispatch, reference
 
 SHAPES = [(1, 37), (2, 300), (4, 37), (4, 300), (8, 37)]  # (n, C)
 DTYPES = [jnp.float32, jnp.bfloat16]
@@ -45,7 +42,7 @@ ON_GPU = jax.default_backend() == "gpu"
 def _close(got, want, dtype, tf32=False):
   """fp32: tight. bf16: the stored result may differ from the fp32 truth by one bf16 rounding.
 
-  ``tf32``: a GEMM that runs in TF32 on a GPU (SPEC section 5), 10-bit mantissa products.
+  ``tf32``: a GEMM that runs in TF32 on a GPU (docs/math.md §5), 10-bit mantissa products.
   """
   got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
   if tf32 and ON_GPU:
@@ -76,11 +73,15 @@ def _check_vjp(op, ref, args, key, out_dtype, tf32=False):
     _close(g, w, a.dtype, tf32)
 
 
+def over_shapes_and_dtypes(test):
+  """Runs ``test(self, n, c, dtype)`` for every (n, C) in SHAPES and every stream dtype."""
+  return pytest.mark.parametrize("n, c", SHAPES)(pytest.mark.parametrize("dtype", DTYPES)(test))
+
+
 class CoefficientsMixin:
   IMPL: str
 
-  @pytest.mark.parametrize("n, c", SHAPES)
-  @pytest.mark.parametrize("dtype", DTYPES)
+  @over_shapes_and_dtypes
   def test_coefficients_forward_and_vjp(self, n, c, dtype):
     x, _, _, _, _, key = _inputs(n, c, dtype, seed=2)
     k = jax.random.split(key, 3)
@@ -95,8 +96,7 @@ class CoefficientsMixin:
 class PreMixin:
   IMPL: str
 
-  @pytest.mark.parametrize("n, c", SHAPES)
-  @pytest.mark.parametrize("dtype", DTYPES)
+  @over_shapes_and_dtypes
   def test_pre_forward_and_vjp(self, n, c, dtype):
     x, _, h_pre, _, _, key = _inputs(n, c, dtype)
     op = lambda x, h: ops.mhc_pre(x, h, implementation=self.IMPL)
@@ -106,20 +106,75 @@ class PreMixin:
 class PostMixin:
   IMPL: str
 
-  @pytest.mark.parametrize("n, c", SHAPES)
-  @pytest.mark.parametrize("dtype", DTYPES)
+  @over_shapes_and_dtypes
   def test_post_forward_and_vjp(self, n, c, dtype):
     x, y, _, h_post, h_res, key = _inputs(n, c, dtype, seed=1)
     op = lambda *a: ops.mhc_post(*a, implementation=self.IMPL)
     _check_vjp(op, reference.mhc_post_reference, (x, y, h_post, h_res), key, dtype)
 
 
-class TestXla(CoefficientsMixin, PreMixin, PostMixin):
+def _mhc_params(n, c, key):
+  k = jax.random.split(key, 2)
+  phi = jax.random.normal(k[0], (n * c, ops.num_coefficients(n))) / np.sqrt(n * c)
+  return phi, jnp.array([0.7, 1.1, 1.6]), 0.5 * jax.random.normal(k[1], (ops.num_coefficients(n),))
+
+
+def _hc_params(n, c, key):
+  k = jax.random.split(key, 4)
+  return (jax.random.normal(k[0], (n,)), 1 + 0.3 * jax.random.normal(k[1], (n,)),
+          jax.random.normal(k[2], (n, n)), 0.3 * jax.random.normal(k[3], (c, n + 2)), jnp.array(0.7),
+          jnp.array(-0.4))
+
+
+def _through_connection(pre_fn, x, *params):
+  """``(u, x')`` of one connection whose sublayer is ``sin``: ``*_connection_pre`` then ``connection_post``."""
+  u, ctx = pre_fn(x, *params)
+  return u, ops.connection_post(jnp.sin(u.astype(jnp.float32)), ctx)
+
+
+def _reference_connection(maps_fn, x, *params):
+  h_pre, h_post, h_res = maps_fn(x, *params)
+  u = reference.mhc_pre_reference(x, h_pre)
+  return u, reference.mhc_post_reference(x, jnp.sin(u), h_post, h_res)
+
+
+class ConnectionMixin:
+  """``u, ctx = *_connection_pre(x, ...)`` then ``connection_post(F(u), ctx)``: the equations, every VJP.
+
+  fp32 streams: the op mixins check bf16 storage op by op; through a whole connection the
+  fp32 parameters' gradients sum many bf16-rounded terms, too loose for an fp32 reference
+  (the C++ backend's bf16 connection is checked against XLA's in TestCpu).
+  """
+  IMPL: str
+  HC = True  # whether the backend has HC's maps
+
+  @pytest.mark.parametrize("n, c", SHAPES)
+  @pytest.mark.parametrize("kind", ["mhc", "hc"])
+  def test_connection_forward_and_vjp(self, kind, n, c):
+    if kind == "hc" and not self.HC:
+      pytest.skip(f"{self.IMPL!r} has no HC kernel")
+    x, *_, key = _inputs(n, c, jnp.float32, seed=3)
+    k = jax.random.split(key)
+    if kind == "mhc":
+      params = _mhc_params(n, c, k[0])
+      pre_fn = lambda x, *p: ops.mhc_connection_pre(x, *p, implementation=self.IMPL)
+      maps_fn = reference.mhc_coefficients_reference
+    else:
+      params = _hc_params(n, c, k[0])
+      pre_fn = lambda x, *p: ops.hc_connection_pre(x, *p, implementation=self.IMPL)
+      maps_fn = lambda x, a_pre, b_post, a_res, w, s_a, s_b: reference.hc_coefficients_reference(
+          x, w, s_a, s_b, a_pre, b_post, a_res)
+    _check_vjp(lambda *a: _through_connection(pre_fn, *a), lambda *a: _reference_connection(maps_fn, *a),
+               (x, *params), k[1], jnp.float32, tf32=kind == "mhc")
+
+
+class TestXla(CoefficientsMixin, PreMixin, PostMixin, ConnectionMixin):
   IMPL = "xla"
 
 
-class TestPallas(CoefficientsMixin, PreMixin, PostMixin):
+class TestPallas(CoefficientsMixin, PreMixin, PostMixin, ConnectionMixin):
   IMPL = "pallas"
+  HC = False
 
   def test_float64_is_refused_with_a_clear_error(self, x64):
     x = jnp.ones((2, 4, 8), jnp.float64)
@@ -153,8 +208,15 @@ class TestPallas(CoefficientsMixin, PreMixin, PostMixin):
 
 @pytest.mark.skipif(not ON_GPU, reason="jax-triton runs on GPUs only (JAX_PLATFORMS=cuda); "
                     "the CPU twin is tests/ops/test_triton.py")
-class TestTriton(CoefficientsMixin, PreMixin, PostMixin):
+class TestTriton(CoefficientsMixin, PostMixin):
   IMPL = "triton"
+
+  def test_ops_without_a_kernel_are_refused(self):
+    x = jnp.ones((2, 4, 8))
+    with pytest.raises(ValueError, match="'triton' has no kernel for pre"):
+      ops.mhc_pre(x, jnp.ones((2, 4)), implementation="triton")
+    with pytest.raises(ValueError, match="'triton' has no kernel for hc_maps"):
+      ops.hc_coefficients(x, jnp.ones(4), jnp.ones(4), jnp.eye(4), jnp.ones((8, 6)), implementation="triton")
 
 
 # ------------------------------------------------------------------- GPU lowering
@@ -205,24 +267,28 @@ def test_remat_replays_the_forward_kernels():
 # ------------------------------------------------------------------- C++ CPU kernels
 
 
-@pytest.mark.skipif(cpu.build_error() is not None, reason="the C++ kernels need a C++20 compiler (CXX)")
-class TestCpu(CoefficientsMixin, PreMixin, PostMixin):
+def _cpu_unavailable() -> str | None:
+  return dispatch.backend("cpu").unavailable(allow_build=True)
+
+
+@pytest.mark.skipif(_cpu_unavailable() is not None, reason="the C++ kernels need a C++20 compiler (CXX)")
+class TestCpu(CoefficientsMixin, PreMixin, PostMixin, ConnectionMixin):
   """The C++ kernels (fp32 math; bf16 streams are cast around them)."""
   IMPL = "cpu"
 
   @pytest.mark.parametrize("t, n, c", [(6, 4, 37), (50, 3, 300), (21, 8, 16), (5, 1, 40)])
-  @pytest.mark.parametrize("with_pre, pass_stream", [(False, False), (True, False), (True, True)])
-  def test_hc_coefficients_match_xla(self, t, n, c, with_pre, pass_stream):
-    """HC's kernel (maps, fused pre-apply, passed stream), forward and VJP, every argument."""
-    k = jax.random.split(jax.random.PRNGKey(n * c), 6)
-    args = (jax.random.normal(k[0], (t, n, c)), jax.random.normal(k[1], (n,)), jax.random.normal(k[2], (n,)),
-            jax.random.normal(k[3], (n, n)), 0.3 * jax.random.normal(k[4], (c, n + 2)),
-            jnp.float32(0.7), jnp.float32(-0.4))
+  @pytest.mark.parametrize("fused", [False, True])
+  def test_hc_kernel_matches_xla(self, t, n, c, fused):
+    """HC's kernel alone (the maps) and fused (maps, pre-apply, passed stream), every VJP, many blocks."""
+    x = jax.random.normal(jax.random.PRNGKey(n * c), (t, n, c))
+    params = _hc_params(n, c, jax.random.PRNGKey(t))
 
     def run(impl):
-      f = lambda *a: ops.hc_coefficients(*a, implementation=impl, with_pre=with_pre, pass_stream=pass_stream)
-      out, vjp = jax.vjp(f, *args)
-      assert len(out) == 3 + with_pre + pass_stream
+      if fused:
+        f = lambda *a: _through_connection(lambda *b: ops.hc_connection_pre(*b, implementation=impl), *a)
+      else:
+        f = lambda *a: ops.hc_coefficients(*a, implementation=impl)
+      out, vjp = jax.vjp(f, x, *params)
       cot = tuple(jax.random.normal(jax.random.PRNGKey(i), o.shape) for i, o in enumerate(out))
       return out, vjp(cot)
 
@@ -232,7 +298,7 @@ class TestCpu(CoefficientsMixin, PreMixin, PostMixin):
   @pytest.mark.parametrize("kind", ["mhc", "hc"])
   @pytest.mark.parametrize("dtype", DTYPES)
   def test_connection_layers_match_xla(self, kind, dtype):
-    """The layers pass the stream from op to op (pass_stream): every gradient must still match."""
+    """The layers run the fused connection: every parameter and input gradient must match."""
     from flax import nnx
 
     from mhc_jax import layers
@@ -253,27 +319,18 @@ class TestCpu(CoefficientsMixin, PreMixin, PostMixin):
     for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
       _close(g, w, dtype)
 
-  @pytest.mark.parametrize("fused_pre", [False, True])
-  def test_pass_stream_and_with_pre_keep_every_gradient(self, fused_pre):
-    """The stream passed from op to op, and the pre-apply fused into the coefficients."""
+  def test_the_fused_connection_keeps_every_gradient(self):
+    """The passed stream and the fused pre-apply, with the maps in ctx also used downstream."""
     x = jax.random.normal(jax.random.PRNGKey(0), (21, 4, 40))  # two token blocks, ragged C
     phi = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (160, 24))
     bias = jax.random.normal(jax.random.PRNGKey(2), (24,))
 
     def block(impl, x, phi, bias):
-      coefficients = lambda **kw: ops.mhc_coefficients(x, phi, jnp.ones(3), bias, implementation=impl,
-                                                       pass_stream=True, **kw)
-      if fused_pre:
-        h_pre, h_post, h_res, u, x2 = coefficients(with_pre=True)
-      else:
-        h_pre, h_post, h_res, x1 = coefficients()
-        u, x2 = ops.mhc_pre(x1, h_pre, implementation=impl, pass_stream=True)
-      assert x2.shape == x.shape and u.shape == (21, 40)
-      # h_pre is used again downstream: its cotangent must reach the kernel too
-      return ops.mhc_post(x2, jnp.tanh(u), h_post, h_res, implementation=impl) * jnp.sum(h_pre)
+      u, ctx = ops.mhc_connection_pre(x, phi, jnp.ones(3), bias, implementation=impl)
+      assert ctx.x.shape == x.shape and u.shape == (21, 40) and ctx.implementation == impl
+      # the maps are used again downstream: their cotangents must reach the kernel too
+      return ops.connection_post(jnp.tanh(u), ctx) * (jnp.sum(ctx.h_pre) + jnp.sum(ctx.h_res ** 2))
 
-    x_out = ops.mhc_pre(x, jnp.ones((21, 4)), implementation="cpu", pass_stream=True)[1]
-    np.testing.assert_array_equal(x_out, x)
     loss = lambda impl: jax.value_and_grad(lambda *a: jnp.sum(block(impl, *a) ** 2),
                                            argnums=(0, 1, 2))(x, phi, bias)
     for got, want in zip(jax.tree.leaves(loss("cpu")), jax.tree.leaves(loss("xla")), strict=True):
@@ -310,24 +367,6 @@ class TestCpu(CoefficientsMixin, PreMixin, PostMixin):
     for a, b in zip(first, second, strict=True):
       np.testing.assert_array_equal(a, b)
 
-  def test_auto_picks_the_kernels_for_fp32_on_one_cpu_device(self):
-    """One device (a fresh process): fp32 gets the kernels, bf16 XLA. Here (8 devices): XLA."""
-    code = textwrap.dedent("""
-        import jax, jax.numpy as jnp
-        from mhc_jax import ops
-        hlo = lambda x, impl: jax.jit(lambda x: ops.mhc_pre(x, jnp.ones(x.shape[:-1]),
-                                                           implementation=impl)).lower(x).as_text()
-        x = jnp.ones((4, 4, 8))
-        print(jax.device_count(), "mhc_jax_pre_fwd" in hlo(x, "auto"),
-              "mhc_jax_pre_fwd" in hlo(x.astype(jnp.bfloat16), "auto"), "mhc_jax" in hlo(x, "xla"))
-    """)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["1", "True", "False", "False"]
-    assert jax.device_count() == 8
-    text = jax.jit(lambda x: ops.mhc_pre(x, jnp.ones(x.shape[:-1]))).lower(jnp.ones((4, 4, 8))).as_text()
-    assert "mhc_jax" not in text
-
   def test_bad_input_is_refused_with_clear_errors(self, x64):
     with pytest.raises(ValueError, match="cpu.*float64"):
       ops.mhc_pre(jnp.ones((2, 4, 8), jnp.float64), jnp.ones((2, 4)), implementation="cpu")
@@ -337,9 +376,3 @@ class TestCpu(CoefficientsMixin, PreMixin, PostMixin):
     with pytest.raises(ValueError, match="sinkhorn_grad='implicit'"):
       ops.mhc_coefficients(f32(2, 4, 8), f32(32, 24), f32(3), f32(24), sinkhorn_grad="implicit",
                            implementation="cpu")
-
-  def test_a_missing_compiler_is_reported(self, tmp_path):
-    library, error = cpu.build(tmp_path, "no-such-c++-compiler")
-    assert library is None and "no-such-c++-compiler" in error and "CXX" in error
-    library, error = cpu.build(tmp_path, "c++ --no-such-flag")  # runs, and fails
-    assert library is None and "failed to build kernels.cc" in error

@@ -16,7 +16,7 @@ def _logits(shape, scale=1.0, seed=0, dtype=jnp.float32):
 
 
 def _deepseek_numpy(logits, num_iters, eps):
-  """DeepSeek's sequence as SPEC section 2 states it, in numpy float64."""
+  """DeepSeek's sequence as docs/math.md §3 states it, in numpy float64."""
   m = np.exp(logits - logits.max(axis=-2, keepdims=True))
   m = m / m.sum(axis=-2, keepdims=True) + eps
   m = m / (m.sum(axis=-1, keepdims=True) + eps)

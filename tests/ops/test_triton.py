@@ -156,4 +156,4 @@ def test_triton_is_refused_on_cpu_with_a_clear_error():
 def test_missing_jax_triton_says_how_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, "jax_triton", None)  # makes `import jax_triton` fail
   with pytest.raises(ImportError, match=r"pip install 'mhc_jax\[triton\]'"):
-    triton_kernels._modules()
+    triton_kernels.modules()

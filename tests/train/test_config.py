@@ -1,6 +1,7 @@
 """Training config: files, overrides, errors that name the field; schedule and decay mask."""
 
 import pathlib
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,10 +15,12 @@ from mhc_jax.train.optim import decay_mask, learning_rate_schedule
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.py") if not p.name.startswith("_")))
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.py")), ids=lambda p: p.stem)
 def test_every_config_file_loads(path):
+  before = list(sys.path)
   cfg = config_lib.load_config_file(path)
   assert isinstance(cfg, config_lib.TrainConfig)
+  assert sys.path == before
 
 
 def test_small_trio_differs_only_in_connection():
@@ -52,7 +55,15 @@ def test_overrides_nested_and_typed():
     (["--config.train_steps=0"], "TrainConfig.train_steps=0"),
     (["--config.schedule=linear"], "TrainConfig.schedule='linear'"),
     (["--config.batch_size=abc"], "--config.batch_size='abc': cannot parse as int"),
+    (["--config.model.remat=maybe"], "--config.model.remat='maybe': cannot parse as bool"),
+    (["--config.decay_fractions=0.5,x"], r"cannot parse as tuple\[float, \.\.\.\]"),
+    (["--config.decay_fractions=0.9,0.8"], r"TrainConfig.decay_fractions=\(0.9, 0.8\): must be increasing"),
+    (["--config.decay_fractions=0.5"], "TrainConfig.decay_factors=.*one factor per decay fraction"),
+    (["--config.b2=1"], r"TrainConfig.b2=1.0: must be a number in \[0.0, 1.0\)"),
     (["--config.nope=1"], "TrainConfig has no field 'nope'"),
+    (["--config.model.nope=1"], "ModelConfig has no field 'nope'"),
+    (["--config.model=hc"], "TrainConfig.model is a nested config"),
+    (["--config.seq_len.x=1"], "TrainConfig.seq_len is not a nested config"),
     (["--steps=3"], "unknown argument '--steps=3'"),
 ])
 def test_config_errors_name_the_field(args, match):

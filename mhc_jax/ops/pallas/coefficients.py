@@ -23,7 +23,6 @@ H_res[i, j]: columns sum over i, rows over j), so every reduction over N is a fe
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,16 +31,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from mhc_jax.ops.pallas._common import F32, call, load_maps, load_tile, rows, store_maps, store_tile, walk
-
-
-class Config(NamedTuple):
-  """The static parameters of :func:`coefficients` (see ``mhc_coefficients``)."""
-  n: int
-  num_iters: int
-  sinkhorn_eps: float
-  pre_eps: float
-  post_mult: float
-  rms_eps: float
+from mhc_jax.ops.streams import MHCConfig
 
 
 def padded_width(n: int) -> int:
@@ -209,7 +199,7 @@ def _coef_bwd_kernel(proj_ref, inv_r_ref, scale_ref, bias_ref, gpre_ref, gpost_r
 # ------------------------------------------------------------------------ wrappers
 
 
-def _fwd(v_TxP, phi_PxKp, scale_Kp, bias_Kp, cfg: Config):
+def _fwd(v_TxP, phi_PxKp, scale_Kp, bias_Kp, cfg: MHCConfig):
   t, p = v_TxP.shape
   kp = phi_PxKp.shape[1]
   block_t, block_p = _blocks(kp)
@@ -222,7 +212,7 @@ def _fwd(v_TxP, phi_PxKp, scale_Kp, bias_Kp, cfg: Config):
   return (h_pre, h_post, h_res), (v_TxP, phi_PxKp, scale_Kp, bias_Kp, proj, inv_r)
 
 
-def _bwd(cfg: Config, res, grads):
+def _bwd(cfg: MHCConfig, res, grads):
   v_TxP, phi_PxKp, scale_Kp, bias_Kp, proj_TxKp, inv_r_Tx1 = res
   t, p = v_TxP.shape
   kp = phi_PxKp.shape[1]
@@ -239,7 +229,7 @@ def _bwd(cfg: Config, res, grads):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def coefficients(v_TxP, phi_PxKp, scale_Kp, bias_Kp, cfg: Config):
+def coefficients(v_TxP, phi_PxKp, scale_Kp, bias_Kp, cfg: MHCConfig):
   """``(h_pre [T, N], h_post [T, N], h_res [T, N*N] row-major)`` in fp32.
 
   Args:

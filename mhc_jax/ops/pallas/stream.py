@@ -1,7 +1,7 @@
 """Pallas kernels (Triton lowering) for the two stream ops, forward and backward.
 
   pre:   u = sum_i h_pre[i] x_i                     (paper Eq. 16 applied)
-  post:  x'_k = sum_j h_res[k, j] x_j + h_post[k] y   (the post/res merge, SPEC section 5)
+  post:  x'_k = sum_j h_res[k, j] x_j + h_post[k] y   (the post/res merge, docs/math.md §5)
 
 Public functions take the ops' shapes (``x [..., N, C]``). Inside, tokens are flattened
 to T, streams to ``x [T, N*C]`` (a free reshape of ``[T, N, C]``),

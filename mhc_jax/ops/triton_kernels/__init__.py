@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from mhc_jax.ops._vjp import saving_inputs
+from mhc_jax.ops.streams import saving_inputs
 
 INSTALL_HINT = ("implementation='triton' needs the optional jax-triton kernels: "
                 "pip install 'mhc_jax[triton]' (with a CUDA build of jax)")
 
 
-def _modules():
+def modules():
   """(jax_triton, kernels), or an ImportError that says how to install them."""
   try:
     import jax_triton
@@ -33,7 +33,7 @@ def _modules():
 
 
 def _launch(kernel_name: str, args, out_shape, grid, **params):
-  jt, kernels = _modules()
+  jt, kernels = modules()
   # On a machine without a GPU (lowering for CUDA ahead of time) compile for sm_90.
   target = None if jax.default_backend() == "gpu" else 90
   return jt.triton_call(*args, kernel=getattr(kernels, kernel_name), out_shape=out_shape,
@@ -45,7 +45,7 @@ def _launch(kernel_name: str, args, out_shape, grid, **params):
 
 def _sinkhorn_call(kernel_name: str, arrays_TxM, n, num_iters, eps):
   """The forward (``arrays = (logits,)``) or backward (``(logits, g)``) kernel on ``[T, N*N]``."""
-  _, kernels = _modules()
+  _, kernels = modules()
   np_, block_t = kernels.sinkhorn_blocks(n)
   t = arrays_TxM[0].shape[0]
   return _launch(kernel_name, (*arrays_TxM, t), jax.ShapeDtypeStruct(arrays_TxM[0].shape, jnp.float32),
@@ -88,7 +88,7 @@ def _flat(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN):
 
 
 def post_fwd(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN):
-  _, kernels = _modules()
+  _, kernels = modules()
   (t, n, c), flat = _flat(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN)
   np_, block_t, block_c = kernels.post_blocks(n, c)
   out = _launch("post_fwd_kernel", (*flat, t, c), jax.ShapeDtypeStruct((t, n * c), x_XxNxC.dtype),
@@ -97,7 +97,7 @@ def post_fwd(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN):
 
 
 def post_bwd(x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN, g_XxNxC):
-  _, kernels = _modules()
+  _, kernels = modules()
   args = (x_XxNxC, y_XxC, h_post_XxN, h_res_XxNxN)
   (t, n, c), flat = _flat(*args)
   np_, block_t, block_c = kernels.post_blocks(n, c)
