@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mhc_jax import ops
-from mhc_jax import validation
+from mhc_jax import ops, validation
 
 MHC_INITS = ("paper", "identity")
 
