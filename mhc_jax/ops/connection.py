@@ -42,10 +42,20 @@ def unflatten(maps, batch: tuple[int, ...]):
   return tuple(m.reshape(batch + m.shape[1:]) for m in maps)
 
 
-def first_half(backend, x_TxNxC, maps, batch: tuple[int, ...]):
-  """``(u, Context)`` from the maps: the pre-apply, shaped back to ``batch``."""
-  u = backend.pre(x_TxNxC, maps[0])
-  return batched(u, Context(x_TxNxC, *maps, backend.NAME), batch)
+def first_half(backend, kind: str, x_TxNxC, args, batch: tuple[int, ...]):
+  """``(u, Context)`` of HC's or mHC's (``kind``) first half on ``backend``, shaped back to ``batch``.
+
+  The backend's fused ``<kind>_connection_pre`` where it has one, else its maps, then ``pre``.
+  """
+  fused = getattr(backend, f"{kind}_connection_pre", None)
+  if fused is not None:
+    return batched(*fused(x_TxNxC, *args), batch)
+  return from_maps(backend, x_TxNxC, getattr(backend, f"{kind}_maps")(x_TxNxC, *args), batch)
+
+
+def from_maps(backend, x_TxNxC, maps, batch: tuple[int, ...]):
+  """``(u, Context)`` from maps already computed: the backend's pre-apply, shaped back to ``batch``."""
+  return batched(backend.pre(x_TxNxC, maps[0]), Context(x_TxNxC, *maps, backend.NAME), batch)
 
 
 def batched(u_TxC, ctx: Context, batch: tuple[int, ...]):

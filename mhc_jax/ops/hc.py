@@ -92,11 +92,8 @@ def hc_connection_pre(x: jax.Array, a_pre: jax.Array, b_post: jax.Array, a_res: 
   """
   x_TxNxC, batch, (w, a_pre, b_post, a_res, *rest) = _checked(x, a_pre, b_post, a_res, w, s_alpha, s_beta,
                                                               rms_eps)
-  if w is None:
+  if w is None:  # static HC: the maps are the static parts; only pre and post run on the backend
     backend = dispatch.select(implementation, connection.CONNECTION_OPS, x_TxNxC)
-    return connection.first_half(backend, x_TxNxC, _static_maps(x_TxNxC, a_pre, b_post, a_res), batch)
+    return connection.from_maps(backend, x_TxNxC, _static_maps(x_TxNxC, a_pre, b_post, a_res), batch)
   backend = dispatch.select(implementation, ("hc_maps",) + connection.CONNECTION_OPS, x_TxNxC)
-  if hasattr(backend, "hc_connection_pre"):
-    return connection.batched(*backend.hc_connection_pre(x_TxNxC, w, a_pre, b_post, a_res, *rest), batch)
-  return connection.first_half(backend, x_TxNxC, backend.hc_maps(x_TxNxC, w, a_pre, b_post, a_res, *rest),
-                               batch)
+  return connection.first_half(backend, "hc", x_TxNxC, (w, a_pre, b_post, a_res, *rest), batch)

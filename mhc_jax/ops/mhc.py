@@ -93,6 +93,4 @@ def mhc_connection_pre(x: jax.Array, phi: jax.Array, alpha: jax.Array, bias: jax
   x_TxNxC, batch, params, cfg = _checked(x, phi, alpha, bias, num_iters, sinkhorn_eps, sinkhorn_grad,
                                          pre_eps, post_mult, rms_eps)
   backend = dispatch.select(implementation, ("mhc_maps",) + connection.CONNECTION_OPS, x_TxNxC, cfg)
-  if hasattr(backend, "mhc_connection_pre"):
-    return connection.batched(*backend.mhc_connection_pre(x_TxNxC, *params, cfg), batch)
-  return connection.first_half(backend, x_TxNxC, backend.mhc_maps(x_TxNxC, *params, cfg), batch)
+  return connection.first_half(backend, "mhc", x_TxNxC, (*params, cfg), batch)
