@@ -1,5 +1,15 @@
 # The README's commands live here. Each target bootstraps its own virtual environment.
-PYTHON ?= python3
+# Python: the first interpreter >= 3.12 that runs, from python3.13, python3.12, pyenv's installed
+# versions (newest first) and python3; or the one given as PYTHON=/path/to/python3.12.
+PY_OK  := import sys; sys.exit(sys.version_info < (3, 12))
+ifndef PYTHON
+PYTHON := $(shell for p in python3.13 python3.12 \
+            $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.*/bin/python3 2>/dev/null | sort -rV) python3; do \
+            $$p -c '$(PY_OK)' 2>/dev/null && { command -v $$p; break; }; done)
+endif
+NO_PYTHON := mhc_jax needs Python >= 3.12 and found none (tried python3.13, python3.12, pyenv's \
+  versions, python3). Install one (Debian/Ubuntu: apt-get install python3.12-venv; pyenv: \
+  pyenv install 3.12; uv: uv python install 3.12), then rerun, or pass PYTHON=/path/to/python3.12
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -7,10 +17,11 @@ STAMP  := $(VENV)/.installed
 # (the plugin makes every `import jax` look for CUDA): only the Triton tests' subprocesses see it.
 TRITON := $(VENV)/triton-tooling
 
-.PHONY: install kernels train test bench bench-step bench-kernels trio clean
+.PHONY: install kernels train test bench bench-step bench-kernels trio clean gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)" >&2; exit 1; }
+	@$(BIN)/python -c '$(PY_OK)' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
@@ -29,8 +40,8 @@ trio: kernels  ## the matched residual / HC / mHC runs behind the README's resul
 	done
 
 $(TRITON)/.installed: $(STAMP)
-	$(BIN)/pip install --quiet --no-deps --target $(TRITON) 'jax-triton>=0.3.1,<0.4' 'triton>=3.6,<4' \
-	  "jax-cuda12-plugin==$$($(BIN)/python -c 'import jax; print(jax.__version__)')"
+	$(BIN)/pip install --quiet --no-deps --upgrade --target $(TRITON) 'jax-triton>=0.4,<0.5' 'triton>=3.7,<4' \
+	  "jax-cuda13-plugin==$$($(BIN)/python -c 'import jax; print(jax.__version__)')"
 	touch $@
 
 test: kernels $(TRITON)/.installed  ## run the test suite on the CPU (8 fake devices)
@@ -47,3 +58,13 @@ bench-kernels: kernels  ## xla vs Pallas kernels vs the memory-traffic floor (me
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The GPU check (experiments/gpu_check.sh): `make gpu-wheels` here, then carry .whl to the GPU
+# machine and run `make gpu-check` there (offline: Python 3.12, jax with CUDA, no grain/jax-triton).
+WHEELS := .whl
+
+gpu-wheels: | $(STAMP)  ## download the wheels the GPU machine lacks, and the corpus, into .whl/
+	bash experiments/gpu_check.sh --fetch-wheels --wheels $(WHEELS) --python $(BIN)/python
+
+gpu-check:  ## the GPU check: tests, kernel and step benchmarks, 200 training steps (~8 min, one CSV)
+	bash experiments/gpu_check.sh --wheels $(WHEELS) $(GPU_CHECK_ARGS)

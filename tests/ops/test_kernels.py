@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from mhc_jax import ops
-from mhc_jax.ops import dispatch, reference
+from mhc_jax.ops import aot, dispatch, reference
 
 SHAPES = [(1, 37), (2, 300), (4, 37), (4, 300), (8, 37)]  # (n, C)
 DTYPES = [jnp.float32, jnp.bfloat16]
@@ -225,8 +225,9 @@ class TestTriton(CoefficientsMixin, PostMixin):
 
 
 def _triton_kernels(fn, *args) -> list[str]:
-  """Names of the Triton kernels in ``fn``'s StableHLO lowered for CUDA (no GPU needed)."""
-  text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  """Names of the Triton kernels in ``fn``'s StableHLO lowered for an H200 (no GPU needed)."""
+  with aot.abstract_gpu(aot.TARGETS["H200"]):
+    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
   calls = [line for line in text.splitlines() if "__gpu$xla.gpu.triton" in line]
   return [re.search(r'name = "(\w+)"', line).group(1) for line in calls]
 

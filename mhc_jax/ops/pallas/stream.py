@@ -13,7 +13,8 @@ registers for the whole walk. Any N (streams are unrolled in Python) and any C a
 
 On a GPU the kernels compile through Triton; elsewhere they run in Pallas interpret mode
 (same kernels, same numbers, slow). ``lax.platform_dependent`` picks at lowering time, so
-``.lower(lowering_platforms=("cuda",))`` from a CPU machine yields the Triton kernels.
+``.lower(lowering_platforms=("cuda",))`` from a CPU machine, under an abstract GPU
+(:func:`mhc_jax.ops.aot.abstract_gpu`), yields the Triton kernels.
 """
 
 from __future__ import annotations

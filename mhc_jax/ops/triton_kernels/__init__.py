@@ -9,6 +9,7 @@ Sinkhorn (forward and exact backward, iterations replayed on-chip) and the post/
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 import jax
@@ -17,6 +18,7 @@ from jax.experimental import pallas as pl
 
 from mhc_jax.ops.streams import saving_inputs
 
+NUM_WARPS, NUM_STAGES = 4, 1  # every launch (mhc_jax.ops.aot compiles with the same)
 INSTALL_HINT = ("implementation='triton' needs the optional jax-triton kernels: "
                 "pip install 'mhc_jax[triton]' (with a CUDA build of jax)")
 
@@ -29,7 +31,19 @@ def modules():
   except ImportError as e:
     raise ImportError(f"{INSTALL_HINT}; import failed: {e}") from e
   from mhc_jax.ops.triton_kernels import kernels
+  _adapt_dce_rule(jax_triton)
   return jax_triton, kernels
+
+
+def _adapt_dce_rule(jax_triton) -> None:
+  """jax-triton <= 0.4.1 registers a dead-code rule ``(used_outs, eqn)``; jax 0.12 calls every
+  rule as ``(used_outs, live_ins, eqn)``. Wrap it once so both jax releases work."""
+  from jax._src.interpreters import partial_eval as pe
+  primitive = jax_triton.triton_lib.triton_kernel_call_p
+  rule = pe.dce_rules.get(primitive)
+  takes = lambda f: len(inspect.signature(f).parameters)
+  if rule is not None and takes(rule) == 2 and takes(pe._default_dce_rule) == 3:
+    pe.dce_rules[primitive] = lambda used_outs, live_ins, eqn: rule(used_outs, eqn)
 
 
 def _launch(kernel_name: str, args, out_shape, grid, **params):
@@ -37,7 +51,7 @@ def _launch(kernel_name: str, args, out_shape, grid, **params):
   # On a machine without a GPU (lowering for CUDA ahead of time) compile for sm_90.
   target = None if jax.default_backend() == "gpu" else 90
   return jt.triton_call(*args, kernel=getattr(kernels, kernel_name), out_shape=out_shape,
-                        grid=grid, num_warps=4, num_stages=1, compute_capability=target, **params)
+                        grid=grid, num_warps=NUM_WARPS, num_stages=NUM_STAGES, compute_capability=target, **params)
 
 
 # ------------------------------------------------------------------------ Sinkhorn
