@@ -17,7 +17,9 @@ written once (for ``fwd+bwd``, also the cotangents and the gradients), e.g. ``(n
 elements per token for the pre-apply forward. ``GB/s`` is floor bytes over time, and
 ``of copy`` divides it by the device's measured copy bandwidth (an ``a + 1`` over a large
 array, read and write). The bare ``v @ phi`` GEMM is timed too: the coefficient kernel's
-target is < 1.5x its time. Writes ``kernels.csv`` and ``kernels.png`` to ``--out``.
+target is < 1.5x its time. Writes ``kernels.csv`` and ``kernels.png`` to ``--out``; the CSV
+gets each row as soon as it is measured (the copy bandwidth first), so a run stopped early keeps
+what it finished. A case that raises is reported and skipped; the script then exits with status 1.
 
 Default implementations: xla and cpu on a CPU; xla, pallas (and triton when jax-triton is
 installed) on a GPU. On a CPU the Pallas kernels run in interpret mode (``--impls pallas``):
@@ -30,6 +32,7 @@ import argparse
 import csv
 import pathlib
 import statistics
+import sys
 import time
 
 import jax
@@ -109,14 +112,43 @@ def _timed(fn, args, mode: str, repeats: int) -> tuple[float, int]:
   return seconds, 2 * _nbytes(args) + 2 * _nbytes(out)  # inputs + grads, outputs + cotangents
 
 
-def run(args) -> list[dict]:
+FIELDS = ("device", "shape", "dtype", "op", "impl", "mode", "ms", "floor_MB", "GBps", "of_copy",
+          "x_xla", "x_gemm")
+
+
+class RowWriter:
+  """Appends rows to ``kernels.csv`` as they are measured (flushed, so a killed run keeps them)."""
+
+  def __init__(self, path: pathlib.Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    self.path, self.rows = path, []
+    self._file = open(path, "w", newline="")
+    self._csv = csv.DictWriter(self._file, fieldnames=FIELDS)
+    self._csv.writeheader()
+    self._file.flush()
+
+  def add(self, row: dict) -> None:
+    self.rows.append(row)
+    self._csv.writerow(row)
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+def run(args, writer: RowWriter) -> list[str]:
+  """Measures every case into ``writer``; returns one message per case that raised."""
   device = jax.devices()[0]
   on_cpu = device.platform == "cpu"
   shapes = args.shapes or (CPU_SHAPES if on_cpu else GPU_SHAPES)
   if on_cpu and "pallas" in args.impls:
     print("NOTE: on a CPU the Pallas kernels run in interpret mode; their timings mean nothing.")
-  copy_bw = copy_bandwidth(args.repeats, 64 if on_cpu else 1024)
+  copy_mib = 64 if on_cpu else 1024
+  copy_bw = copy_bandwidth(args.repeats, copy_mib)
   print(f"device: {device.device_kind}, copy bandwidth {copy_bw / 1e9:.1f} GB/s")
+  copy_bytes = 2 * copy_mib * 2**20
+  writer.add(_row(device, f"{copy_mib}MiB", jnp.dtype(jnp.float32), "copy a+1", "xla", "fwd",
+                  copy_bytes / copy_bw, copy_bytes, copy_bw))
   dtype = jnp.dtype(args.dtype)
   impls = sorted(args.impls, key=lambda i: i != "xla")  # xla first: the others' ratios need it
   for impl in impls:
@@ -124,28 +156,35 @@ def run(args) -> list[dict]:
   cases = [(op, impl, mode) for op in OPS for impl in impls for mode in ("fwd", "fwd+bwd")
            if BACKEND_OPS[op] in dispatch.backend(impl).OPS]
   bar = tqdm(total=len(shapes) * len(cases), desc="kernels", unit="case")
-  rows = []
+  failures = []
   for shape in shapes:  # one shape's arrays alive at a time
     t, n, c = map(int, shape.split("x"))
     inp = _inputs(t, n, c, dtype)
     v = inp["x"].reshape(t, n * c)
     gemm_s = _median_s(jax.jit(lambda v, phi: jnp.dot(v.astype(jnp.float32), phi)), (v, inp["phi"]),
                        args.repeats)
-    rows.append(_row(device, shape, dtype, "v@phi GEMM", "xla", "fwd", gemm_s,
-                     _nbytes((v, inp["phi"])) + t * ops.num_coefficients(n) * 4, copy_bw))
+    writer.add(_row(device, shape, dtype, "v@phi GEMM", "xla", "fwd", gemm_s,
+                    _nbytes((v, inp["phi"])) + t * ops.num_coefficients(n) * 4, copy_bw))
     xla_ms = {}
     for op, impl, mode in cases:
-      secs, floor = _timed(*_op(op, impl, inp), mode, args.repeats)
+      try:
+        secs, floor = _timed(*_op(op, impl, inp), mode, args.repeats)
+      except Exception as e:  # noqa: BLE001 -- one broken kernel must not hide the others' figures
+        failures.append(f"{shape} {op} {impl} {mode}: {type(e).__name__}: {e}")
+        print(f"FAILED {failures[-1]}", flush=True)
+        bar.update()
+        continue
       row = _row(device, shape, dtype, op, impl, mode, secs, floor, copy_bw)
       if impl == "xla":
         xla_ms[(op, mode)] = row["ms"]
       ref = xla_ms.get((op, mode))
       row["x_xla"] = round(row["ms"] / ref, 3) if ref else ""
       row["x_gemm"] = round(secs / gemm_s, 3) if op == "coefficients" else ""
-      rows.append(row)
+      writer.add(row)
       bar.update()
+    del inp, v
   bar.close()
-  return rows
+  return failures
 
 
 def _row(device, shape, dtype, op, impl, mode, secs, floor, copy_bw) -> dict:
@@ -155,12 +194,8 @@ def _row(device, shape, dtype, op, impl, mode, secs, floor, copy_bw) -> dict:
           "x_xla": "", "x_gemm": ""}
 
 
-def write(rows: list[dict], out: pathlib.Path) -> None:
-  out.mkdir(parents=True, exist_ok=True)
-  with open(out / "kernels.csv", "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
+def report(rows: list[dict], out: pathlib.Path) -> None:
+  """Prints the table and plots ``kernels.png`` (the CSV is already written)."""
   header = f"{'shape':>14} {'op':>12} {'mode':>8} {'impl':>7} {'ms':>9} {'GB/s':>7} {'of copy':>7} {'x xla':>6} {'x gemm':>6}"
   print(header)
   for r in rows:
@@ -175,7 +210,9 @@ def _plot(rows: list[dict], path: pathlib.Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  shapes = list(dict.fromkeys(r["shape"] for r in rows))
+  shapes = list(dict.fromkeys(r["shape"] for r in rows if r["op"] in OPS))
+  if not shapes:
+    return
   impls = list(dict.fromkeys(r["impl"] for r in rows if r["op"] in OPS))
   cases = [(op, mode) for op in OPS for mode in ("fwd", "fwd+bwd")]
   fig, axes = plt.subplots(len(shapes), 1, figsize=(9, 3 * len(shapes)), squeeze=False)
@@ -202,16 +239,26 @@ def main() -> None:
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   parser.add_argument("--impls", nargs="+", choices=[i for i in ops.IMPLEMENTATIONS if i != "auto"],
                       help="default: xla and cpu on a CPU; xla, pallas (and triton if installed) on a GPU")
-  parser.add_argument("--repeats", type=int, default=20)
+  parser.add_argument("--repeats", type=int, default=20, help="timed calls per case (median)")
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/bench_kernels"))
   args = parser.parse_args()
+  if args.repeats < 1:
+    parser.error(f"--repeats: expected a positive count, got {args.repeats}")
   for s in args.shapes or []:
     if len(s.split("x")) != 3 or not all(p.isdigit() and int(p) > 0 for p in s.split("x")):
       parser.error(f"--shapes: expected T x n x C like 16384x4x4096, got {s!r}")
   if args.impls is None:
     args.impls = ["xla"] + (["cpu"] if jax.default_backend() == "cpu" else
                             ["pallas"] + (["triton"] if _triton_available() else []))
-  write(run(args), args.out)
+  writer = RowWriter(args.out / "kernels.csv")
+  try:
+    failures = run(args, writer)
+  finally:
+    writer.close()
+  report(writer.rows, args.out)
+  if failures:
+    print(f"{len(failures)} case(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+    sys.exit(1)
 
 
 def _triton_available() -> bool:
