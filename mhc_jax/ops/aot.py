@@ -216,8 +216,7 @@ def _triton_source(fn, types: dict[str, str], constants: dict[str, object]):
 
 def build_triton(n: int, c: int, dtype, target: Target, exclude: frozenset[str] = frozenset()) -> list[Build]:
   """The jax-triton kernels (Sinkhorn forward/backward, post forward/backward) at ``n``, ``c``."""
-  from mhc_jax.ops.triton_kernels import kernels
-  from mhc_jax.ops.triton_kernels import NUM_STAGES, NUM_WARPS
+  from mhc_jax.ops.triton_kernels import NUM_STAGES, NUM_WARPS, kernels
   name = jnp.dtype(dtype).name
   case = f"n={n} C={c} {name}"
   stream = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16"}[name]
