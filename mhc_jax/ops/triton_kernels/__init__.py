@@ -35,6 +35,7 @@ def modules():
   return jax_triton, kernels
 
 
+@functools.cache  # modules() runs on every launch; the rule needs wrapping once
 def _adapt_dce_rule(jax_triton) -> None:
   """jax-triton <= 0.4.1 registers a dead-code rule ``(used_outs, eqn)``; jax 0.12 calls every
   rule as ``(used_outs, live_ins, eqn)``. Wrap it once so both jax releases work."""
