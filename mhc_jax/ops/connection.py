@@ -42,20 +42,26 @@ def unflatten(maps, batch: tuple[int, ...]):
   return tuple(m.reshape(batch + m.shape[1:]) for m in maps)
 
 
-def first_half(backend, kind: str, x_TxNxC, args, batch: tuple[int, ...]):
+def first_half(backend, kind: str, x_TxNxC, shared: tuple, static: tuple, batch: tuple[int, ...]):
   """``(u, Context)`` of HC's or mHC's (``kind``) first half on ``backend``, shaped back to ``batch``.
 
-  The backend's fused ``<kind>_connection_pre`` where it has one, else its maps, then ``pre``.
+  The backend's fused ``<kind>_connection_pre`` where it has one, else its maps, then ``pre``;
+  ``shared`` are the parameter arrays, ``static`` the trailing Python arguments.
   """
-  fused = getattr(backend, f"{kind}_connection_pre", None)
-  if fused is not None:
-    return batched(*fused(x_TxNxC, *args), batch)
-  return from_maps(backend, x_TxNxC, getattr(backend, f"{kind}_maps")(x_TxNxC, *args), batch)
+  def over_tokens(x, *params):
+    fused = getattr(backend, f"{kind}_connection_pre", None)
+    if fused is not None:
+      return fused(x, *params, *static)
+    maps = getattr(backend, f"{kind}_maps")(x, *params, *static)
+    return backend.pre(x, maps[0]), Context(x, *maps, backend.NAME)
+
+  return batched(*dispatch.run(backend, over_tokens, x_TxNxC, (x_TxNxC,), shared), batch)
 
 
 def from_maps(backend, x_TxNxC, maps, batch: tuple[int, ...]):
   """``(u, Context)`` from maps already computed: the backend's pre-apply, shaped back to ``batch``."""
-  return batched(backend.pre(x_TxNxC, maps[0]), Context(x_TxNxC, *maps, backend.NAME), batch)
+  u = dispatch.run(backend, backend.pre, x_TxNxC, (x_TxNxC, maps[0]))
+  return batched(u, Context(x_TxNxC, *maps, backend.NAME), batch)
 
 
 def batched(u_TxC, ctx: Context, batch: tuple[int, ...]):
@@ -70,7 +76,8 @@ def mhc_pre(x: jax.Array, h_pre: jax.Array, *, implementation: str = "auto") -> 
   validation.check_float("h_pre", h_pre)
   validation.check_shape("h_pre", h_pre, x.shape[:-1], "[..., N] matching x [..., N, C]")
   x_TxNxC = tokens(x, 2)
-  u = dispatch.select(implementation, ("pre",), x_TxNxC).pre(x_TxNxC, tokens(h_pre, 1))
+  backend = dispatch.select(implementation, ("pre",), x_TxNxC)
+  u = dispatch.run(backend, backend.pre, x_TxNxC, (x_TxNxC, tokens(h_pre, 1)))
   return u.reshape(x.shape[:-2] + x.shape[-1:])
 
 
@@ -91,7 +98,8 @@ def mhc_post(x: jax.Array, y: jax.Array, h_post: jax.Array, h_res: jax.Array, *,
   validation.check_shape("h_res", h_res, x.shape[:-1] + (n,), "[..., N, N] matching x [..., N, C]")
   x_TxNxC = tokens(x, 2)
   backend = dispatch.select(implementation, ("post",), x_TxNxC)
-  return backend.post(x_TxNxC, tokens(y, 1), tokens(h_post, 1), tokens(h_res, 2)).reshape(x.shape)
+  per_token = (x_TxNxC, tokens(y, 1), tokens(h_post, 1), tokens(h_res, 2))
+  return dispatch.run(backend, backend.post, x_TxNxC, per_token).reshape(x.shape)
 
 
 def connection_post(y: jax.Array, ctx: Context) -> jax.Array:
@@ -106,5 +114,6 @@ def connection_post(y: jax.Array, ctx: Context) -> jax.Array:
   y = jnp.asarray(y)
   validation.check_shape("y", y, x.shape[:-2] + x.shape[-1:], "[..., C] matching the stream [..., N, C]")
   backend = dispatch.backend(ctx.implementation)
-  out = backend.post(tokens(x, 2), tokens(y.astype(x.dtype), 1), tokens(ctx.h_post, 1), tokens(ctx.h_res, 2))
-  return out.reshape(x.shape)
+  x_TxNxC = tokens(x, 2)
+  per_token = (x_TxNxC, tokens(y.astype(x.dtype), 1), tokens(ctx.h_post, 1), tokens(ctx.h_res, 2))
+  return dispatch.run(backend, backend.post, x_TxNxC, per_token).reshape(x.shape)

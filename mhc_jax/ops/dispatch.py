@@ -5,13 +5,17 @@
 runs or raises a ``ValueError``/``RuntimeError`` that says why it cannot; it never falls back.
 ``"auto"`` is the only choice that chooses:
 
-  * several devices: ``"xla"``. The mesh is read from the abstract mesh in context
-    (``jax.set_mesh``) or from x's sharding, not from the global device count: XLA's
-    partitioner would all-gather a custom call's sharded operands.
-  * one CPU device: ``"cpu"`` (the C++ kernels) for fp32 streams with 1 <= N <= 8 and the
-    exact Sinkhorn gradient, when the kernels are built; else ``"xla"``.
+  * CPUs: ``"cpu"`` (the C++ kernels) for fp32 streams with 1 <= N <= 8 and the exact
+    Sinkhorn gradient, when the kernels are built; on a mesh also when the tokens split evenly
+    over its devices (the kernels then run per shard, :mod:`mhc_jax.ops.sharding`). Else ``"xla"``.
   * GPUs and TPUs: ``"xla"``. The GPU kernels are checked in interpret mode and lowered for
     CUDA, but not yet timed on a GPU.
+
+The mesh is read from the abstract mesh in context (``jax.set_mesh``) or from x's sharding,
+not from the global device count. On a mesh every backend but ``"xla"`` runs under
+``jax.shard_map`` over the token axis (XLA's partitioner would all-gather a custom call's
+sharded operands); ``"xla"`` is left to the partitioner. A stream on several devices with no
+mesh to read (e.g. a ``PositionalSharding``) gets ``"xla"`` from ``"auto"``.
 
 Backends are imported on first use: importing :mod:`mhc_jax.ops` loads no Pallas, Triton
 or jax-triton module and compiles nothing. The C++ kernels are never compiled inside a
@@ -30,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from mhc_jax import validation
+from mhc_jax.ops import sharding
 
 IMPLEMENTATIONS = ("auto", "xla", "cpu", "pallas", "triton")
 OPS = ("mhc_maps", "hc_maps", "pre", "post")
@@ -82,19 +87,6 @@ def is_tracing(x) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
-def _multi_device(x) -> bool:
-  """Whether the program around x is partitioned over several devices."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if not mesh.empty and mesh.size > 1:
-    return True
-  if is_tracing(x):
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    mesh = getattr(sharding, "mesh", None)
-    return mesh is not None and not mesh.empty and mesh.size > 1
-  sharding = getattr(x, "sharding", None)
-  return sharding is not None and len(sharding.device_set) > 1
-
-
 def _platform(x) -> str:
   if not is_tracing(x) and hasattr(x, "devices"):
     return next(iter(x.devices())).platform
@@ -121,14 +113,28 @@ def select(implementation: str, ops: Iterable[str], x, cfg=None):
     if reason is not None:
       raise RuntimeError(reason)
     reason = _unsupported(module, ops, x, cfg)
+    if reason is None and module.NAME != "xla":
+      reason = sharding.shard_problem(x, module.NAME)
     if reason is not None:
       raise ValueError(reason)
     return module
-  if _platform(x) == "cpu" and not _multi_device(x) and x.dtype == jnp.float32:
+  mesh_known = bool(sharding.token_axes(sharding.mesh_of(x))) or not sharding.multi_device(x)
+  if _platform(x) == "cpu" and mesh_known and x.dtype == jnp.float32:
     cpu = backend("cpu")
-    if _unsupported(cpu, ops, x, cfg) is None:
+    if _unsupported(cpu, ops, x, cfg) is None and sharding.shard_problem(x, "cpu") is None:
       reason = cpu.unavailable(allow_build=allow_build)
       if reason is None:
         return cpu
       _warn_once(reason)
   return backend("xla")
+
+
+def run(module, fn, x_TxNxC, per_token: tuple, shared: tuple = ()):
+  """``fn(*per_token, *shared)`` for the backend ``module`` that ``select`` chose for x.
+
+  On a mesh, kernels run once per token shard (:func:`mhc_jax.ops.sharding.per_shard`);
+  ``"xla"`` runs as is and is left to XLA's partitioner.
+  """
+  if module.NAME == "xla":
+    return fn(*per_token, *shared)
+  return sharding.per_shard(fn, x_TxNxC, per_token, shared)

@@ -38,7 +38,8 @@ def _checked(x, a_pre, b_post, a_res, w, s_alpha, s_beta, rms_eps):
   if w is not None:
     w = jnp.asarray(w)
     validation.check_shape("w", w, (c, n + 2), f"[C, N+2] for N={n}, C={c}")
-  return connection.tokens(x, 2), x.shape[:-2], (w, a_pre, b_post, a_res, s_alpha, s_beta, float(rms_eps))
+  s_alpha, s_beta = jnp.asarray(s_alpha), jnp.asarray(s_beta)
+  return connection.tokens(x, 2), x.shape[:-2], (w, a_pre, b_post, a_res, s_alpha, s_beta), float(rms_eps)
 
 
 def _static_maps(x_TxNxC, a_pre, b_post, a_res):
@@ -73,13 +74,13 @@ def hc_coefficients(
   Returns:
     ``(h_pre [..., N], h_post [..., N], h_res [..., N, N])`` in fp32 (fp64 for fp64 x), paper layout.
   """
-  x_TxNxC, batch, (w, a_pre, b_post, a_res, *rest) = _checked(x, a_pre, b_post, a_res, w, s_alpha, s_beta,
-                                                              rms_eps)
+  x_TxNxC, batch, params, rms_eps = _checked(x, a_pre, b_post, a_res, w, s_alpha, s_beta, rms_eps)
   if w is None:
     dispatch.check_implementation(implementation)
-    return connection.unflatten(_static_maps(x_TxNxC, a_pre, b_post, a_res), batch)
+    return connection.unflatten(_static_maps(x_TxNxC, *params[1:4]), batch)
   backend = dispatch.select(implementation, ("hc_maps",), x_TxNxC)
-  return connection.unflatten(backend.hc_maps(x_TxNxC, w, a_pre, b_post, a_res, *rest), batch)
+  maps = dispatch.run(backend, lambda x, *p: backend.hc_maps(x, *p, rms_eps), x_TxNxC, (x_TxNxC,), params)
+  return connection.unflatten(maps, batch)
 
 
 def hc_connection_pre(x: jax.Array, a_pre: jax.Array, b_post: jax.Array, a_res: jax.Array,
@@ -90,10 +91,9 @@ def hc_connection_pre(x: jax.Array, a_pre: jax.Array, b_post: jax.Array, a_res: 
 
   Takes :func:`hc_coefficients`' arguments; finish with ``connection_post(F(u), ctx)``.
   """
-  x_TxNxC, batch, (w, a_pre, b_post, a_res, *rest) = _checked(x, a_pre, b_post, a_res, w, s_alpha, s_beta,
-                                                              rms_eps)
+  x_TxNxC, batch, params, rms_eps = _checked(x, a_pre, b_post, a_res, w, s_alpha, s_beta, rms_eps)
   if w is None:  # static HC: the maps are the static parts; only pre and post run on the backend
     backend = dispatch.select(implementation, connection.CONNECTION_OPS, x_TxNxC)
-    return connection.from_maps(backend, x_TxNxC, _static_maps(x_TxNxC, a_pre, b_post, a_res), batch)
+    return connection.from_maps(backend, x_TxNxC, _static_maps(x_TxNxC, *params[1:4]), batch)
   backend = dispatch.select(implementation, ("hc_maps",) + connection.CONNECTION_OPS, x_TxNxC)
-  return connection.first_half(backend, "hc", x_TxNxC, (w, a_pre, b_post, a_res, *rest), batch)
+  return connection.first_half(backend, "hc", x_TxNxC, params, (rms_eps,), batch)

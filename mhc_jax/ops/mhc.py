@@ -76,7 +76,8 @@ def mhc_coefficients(
   x_TxNxC, batch, params, cfg = _checked(x, phi, alpha, bias, num_iters, sinkhorn_eps, sinkhorn_grad,
                                          pre_eps, post_mult, rms_eps)
   backend = dispatch.select(implementation, ("mhc_maps",), x_TxNxC, cfg)
-  return connection.unflatten(backend.mhc_maps(x_TxNxC, *params, cfg), batch)
+  maps = dispatch.run(backend, lambda x, *p: backend.mhc_maps(x, *p, cfg), x_TxNxC, (x_TxNxC,), params)
+  return connection.unflatten(maps, batch)
 
 
 def mhc_connection_pre(x: jax.Array, phi: jax.Array, alpha: jax.Array, bias: jax.Array, *, num_iters: int = 20,
@@ -93,4 +94,4 @@ def mhc_connection_pre(x: jax.Array, phi: jax.Array, alpha: jax.Array, bias: jax
   x_TxNxC, batch, params, cfg = _checked(x, phi, alpha, bias, num_iters, sinkhorn_eps, sinkhorn_grad,
                                          pre_eps, post_mult, rms_eps)
   backend = dispatch.select(implementation, ("mhc_maps",) + connection.CONNECTION_OPS, x_TxNxC, cfg)
-  return connection.first_half(backend, "mhc", x_TxNxC, (*params, cfg), batch)
+  return connection.first_half(backend, "mhc", x_TxNxC, params, (cfg,), batch)

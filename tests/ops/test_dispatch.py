@@ -40,14 +40,18 @@ def test_auto_picks_the_cpu_kernels_for_fp32_streams_on_one_device(cpu_built):
 
 
 def test_auto_reads_the_mesh_not_the_device_count(cpu_built):
-  """8 devices here: one-device programs get the kernels, programs over a mesh get XLA."""
+  """8 devices here: a one-device program runs the kernels as they are, one on a mesh runs them
+  per token shard when the tokens split evenly, and XLA's ops when they do not."""
   assert jax.device_count() == 8
   x = jnp.ones((8, 4, 8))
+  assert "shard_map" not in str(jax.make_jaxpr(lambda x: ops.mhc_pre(x, jnp.ones(x.shape[:-1])))(x))
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
   with jax.set_mesh(mesh):
-    assert CUSTOM_CALL not in _pre_hlo(x)
+    assert CUSTOM_CALL in _pre_hlo(x)
+    assert "shard_map" in str(jax.make_jaxpr(lambda x: ops.mhc_pre(x, jnp.ones(x.shape[:-1])))(x))
+    assert CUSTOM_CALL not in _pre_hlo(x[:6])  # 6 tokens over 8 devices
   sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-  assert dispatch.select("auto", ("pre",), sharded).NAME == "xla"
+  assert dispatch.select("auto", ("pre",), sharded).NAME == "cpu"
   assert dispatch.select("auto", ("pre",), x).NAME == "cpu"
 
 
