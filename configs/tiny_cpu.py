@@ -1,13 +1,7 @@
-"""Seconds per run on a laptop CPU: what CI and the tests train."""
+"""Seconds per run on a laptop CPU: what CI and the tests train (data parallel over every device)."""
 
-from mhc_jax.models import ModelConfig
-from mhc_jax.train.config import TrainConfig
+from mhc_jax.train.presets import tiny_cpu
 
 
-def get_config() -> TrainConfig:
-  return TrainConfig(
-      model=ModelConfig(connection="mhc", num_streams=4, num_layers=2, d_model=64, num_heads=2),
-      seq_len=64, batch_size=8,
-      learning_rate=3e-3, warmup_steps=10, train_steps=60,
-      log_every=5, eval_every=20, eval_batches=4, checkpoint_every=20,
-  )
+def get_config():
+  return tiny_cpu()

@@ -73,7 +73,7 @@ def bench_width(args, cfg: TrainConfig, emit: Callable[[list[dict]], None]) -> N
   for connection in CONNECTIONS:
     c = cfg.replace(model=dataclasses.replace(m, connection=connection))
     tx = make_optimizer(c)
-    graphdef, state = trainer.init_state(c, tx)
+    graphdef, state, _ = trainer.init_state(c, tx)
     params_m = sum(p.size for p in jax.tree.leaves(state["params"])) / 1e6
     compiled = trainer.make_train_step(graphdef, tx).lower(state, batch).compile()
     mem = compiled.memory_analysis()

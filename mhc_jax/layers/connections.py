@@ -11,6 +11,9 @@ Parameters are fp32; the stream state keeps its own dtype (bf16 is fine). With
 ``x' = x + F(x)``. Set ``capture_maps=True`` (e.g. ``model.set_attributes(capture_maps=True)``)
 to keep the per-token ``h_pre``/``h_post``/``h_res`` of the last call as ``nnx.Intermediate``
 state on the module (read them with ``nnx.pop(module, nnx.Intermediate)``).
+
+Every parameter carries logical axis names as metadata (``logical_axes``; the names are listed
+in :mod:`mhc_jax.parallel.rules`), which the sharding rule sets map to mesh axes.
 """
 
 from __future__ import annotations
@@ -88,11 +91,12 @@ class HyperConnection(_StreamConnection):
     if num_streams == 1:
       return
     a_pre, b_post, a_res = ops.hc_static_init(num_streams, layer_index)
-    self.a_pre, self.b_post, self.a_res = HCStatic(a_pre), HCStatic(b_post), HCStatic(a_res)
+    self.a_pre, self.b_post = HCStatic(a_pre, logical_axes=(None,)), HCStatic(b_post, logical_axes=(None,))
+    self.a_res = HCStatic(a_res, logical_axes=(None, None))
     if dynamic:
-      self.w = nnx.Param(jnp.zeros((features, num_streams + 2), jnp.float32))
-      self.s_alpha = nnx.Param(jnp.asarray(gate_init, jnp.float32))
-      self.s_beta = nnx.Param(jnp.asarray(gate_init, jnp.float32))
+      self.w = nnx.Param(jnp.zeros((features, num_streams + 2), jnp.float32), logical_axes=("embed", None))
+      self.s_alpha = nnx.Param(jnp.asarray(gate_init, jnp.float32), logical_axes=())
+      self.s_beta = nnx.Param(jnp.asarray(gate_init, jnp.float32), logical_axes=())
 
   def pre(self, x_XxNxC):
     static = (self.a_pre[...], self.b_post[...], self.a_res[...])
@@ -126,15 +130,16 @@ class ManifoldHyperConnection(_StreamConnection):
       return
     n, k = num_streams, ops.num_coefficients(num_streams)
     std = (n * features) ** -0.5
-    self.phi = nnx.Param(std * jax.random.normal(rngs.params(), (n * features, k), jnp.float32))
-    self.alpha = nnx.Param(jnp.full((3,), alpha_init, jnp.float32))
+    self.phi = nnx.Param(std * jax.random.normal(rngs.params(), (n * features, k), jnp.float32),
+                         logical_axes=("stream_embed", "coefficients"))
+    self.alpha = nnx.Param(jnp.full((3,), alpha_init, jnp.float32), logical_axes=(None,))
     bias = jnp.zeros((k,), jnp.float32)
     if init == "identity":
       one_hot = jax.nn.one_hot(jnp.asarray(layer_index) % n, n, dtype=jnp.float32)
       pre = identity_logit * (2.0 * one_hot - 1.0)
       res = identity_logit * jnp.eye(n, dtype=jnp.float32).reshape(-1)
       bias = bias.at[:n].set(pre).at[2 * n:].set(res)
-    self.bias = nnx.Param(bias)
+    self.bias = nnx.Param(bias, logical_axes=("coefficients",))
 
   def pre(self, x_XxNxC):
     return ops.mhc_connection_pre(

@@ -36,9 +36,10 @@ class StreamHead(nnx.Module):
     n = num_streams
     self.num_streams, self.features, self.eps, self.rms_eps = n, features, eps, rms_eps
     std = (n * features) ** -0.5
-    self.phi = nnx.Param(std * jax.random.normal(rngs.params(), (n * features, n), jnp.float32))
-    self.alpha = nnx.Param(jnp.asarray(alpha_init, jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((n,), jnp.float32))
+    self.phi = nnx.Param(std * jax.random.normal(rngs.params(), (n * features, n), jnp.float32),
+                         logical_axes=("stream_embed", None))
+    self.alpha = nnx.Param(jnp.asarray(alpha_init, jnp.float32), logical_axes=())
+    self.bias = nnx.Param(jnp.zeros((n,), jnp.float32), logical_axes=(None,))
 
   def weights(self, x_XxNxC: jax.Array) -> jax.Array:
     """Per-token stream weights ``[..., N]`` in fp32."""

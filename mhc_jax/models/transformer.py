@@ -2,7 +2,8 @@
 
 Blocks are created stacked (one leading layer axis on every parameter) and applied with
 ``lax.scan`` (``scan_layers=True``) or an unrolled Python loop over the same parameters;
-both give the same numbers. ``remat=True`` wraps each block in ``jax.checkpoint``.
+both give the same numbers. ``remat=True`` wraps each block in ``jax.checkpoint``. Every
+parameter carries logical axis names (``logical_axes`` metadata, :mod:`mhc_jax.parallel.rules`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ def rope(x_BxLxHxD: jax.Array, theta: float) -> jax.Array:
   return out.astype(x_BxLxHxD.dtype)
 
 
-def _dense(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, std: float) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, use_bias=False, dtype=jnp.dtype(cfg.dtype),
-                    kernel_init=nnx.initializers.normal(std), rngs=rngs)
+def _named(module: nnx.Module, attribute: str, *names) -> nnx.Module:
+  """Sets the logical axis names (see :mod:`mhc_jax.parallel.rules`) of ``module.<attribute>``."""
+  getattr(module, attribute).set_metadata(logical_axes=names)
+  return module
+
+
+def _dense(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, std: float, names) -> nnx.Linear:
+  linear = nnx.Linear(d_in, d_out, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+                      kernel_init=nnx.initializers.normal(std), rngs=rngs)
+  return _named(linear, "kernel", *names)
+
+
+def _norm(c: int, rngs: nnx.Rngs, dtype=None) -> nnx.RMSNorm:
+  return _named(nnx.RMSNorm(c, dtype=dtype, rngs=rngs), "scale", "norm")
 
 
 class Attention(nnx.Module):
@@ -38,9 +50,9 @@ class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     c = cfg.d_model
     self.num_heads, self.rope_theta = cfg.num_heads, cfg.rope_theta
-    self.norm = nnx.RMSNorm(c, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
-    self.qkv = _dense(cfg, c, 3 * c, rngs, c ** -0.5)
-    self.out = _dense(cfg, c, c, rngs, (2 * cfg.num_layers * c) ** -0.5)
+    self.norm = _norm(c, rngs, jnp.dtype(cfg.dtype))
+    self.qkv = _dense(cfg, c, 3 * c, rngs, c ** -0.5, ("embed", "heads"))
+    self.out = _dense(cfg, c, c, rngs, (2 * cfg.num_layers * c) ** -0.5, ("heads", "embed"))
 
   def __call__(self, u_TxC: jax.Array, *, seq_len: int) -> jax.Array:
     """``u_TxC`` holds ``T = B * seq_len`` tokens, sequence-major."""
@@ -58,10 +70,10 @@ class MLP(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     c, f = cfg.d_model, cfg.hidden_dim
-    self.norm = nnx.RMSNorm(c, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
-    self.gate = _dense(cfg, c, f, rngs, c ** -0.5)
-    self.up = _dense(cfg, c, f, rngs, c ** -0.5)
-    self.down = _dense(cfg, f, c, rngs, (2 * cfg.num_layers * f) ** -0.5)
+    self.norm = _norm(c, rngs, jnp.dtype(cfg.dtype))
+    self.gate = _dense(cfg, c, f, rngs, c ** -0.5, ("embed", "mlp"))
+    self.up = _dense(cfg, c, f, rngs, c ** -0.5, ("embed", "mlp"))
+    self.down = _dense(cfg, f, c, rngs, (2 * cfg.num_layers * f) ** -0.5, ("mlp", "embed"))
 
   def __call__(self, u_TxC: jax.Array) -> jax.Array:
     n = self.norm(u_TxC)
@@ -104,19 +116,22 @@ class TransformerLM(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     dtype = jnp.dtype(cfg.dtype)
-    self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype,
-                           embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
+    self.embed = _named(nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype,
+                                  embedding_init=nnx.initializers.normal(1.0), rngs=rngs),
+                        "embedding", "vocab", "embed")
 
     @nnx.split_rngs(splits=cfg.num_layers)
-    @nnx.vmap(in_axes=(0, 0), out_axes=0)
+    @nnx.vmap(in_axes=(0, 0), out_axes=0,
+              transform_metadata={nnx.PARTITION_NAME: None, "logical_axes": "layers"})
     def make_blocks(rngs, layer_index):
       return Block(cfg, layer_index, rngs)
 
     self.blocks = make_blocks(rngs, jnp.arange(cfg.num_layers))
     self.head = StreamHead(cfg.num_streams, cfg.d_model, rngs=rngs) if cfg.readout == "head" else None
-    self.final_norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
-    self.unembed = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
-                              kernel_init=nnx.initializers.normal(cfg.d_model ** -0.5), rngs=rngs)
+    self.final_norm = _norm(cfg.d_model, rngs)
+    self.unembed = _named(nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
+                                     kernel_init=nnx.initializers.normal(cfg.d_model ** -0.5), rngs=rngs),
+                          "kernel", "embed", "vocab")
 
   def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
     if tokens_BxL.ndim != 2 or not jnp.issubdtype(tokens_BxL.dtype, jnp.integer):

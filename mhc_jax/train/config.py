@@ -15,6 +15,7 @@ import pathlib
 import typing
 
 from mhc_jax.models import ModelConfig
+from mhc_jax.parallel import MESH_AXES, RULE_SETS
 from mhc_jax.validation import check_choice, check_int, check_number
 
 SCHEDULES = ("step", "cosine")
@@ -47,6 +48,11 @@ class TrainConfig:
   eval_batches: int = 8
   checkpoint_every: int = 100
   keep_checkpoints: int = 3
+  # Parallelism: the mesh sizes (data, fsdp, tensor), -1 standing for the devices left over, and
+  # the rule set that maps the parameters' logical axes onto it: "dp" | "fsdp" | "fsdp_tp"
+  # (mhc_jax.parallel.rules). The default is data parallel over every device.
+  mesh: tuple[int, ...] = (-1, 1, 1)
+  sharding: str = "fsdp_tp"
 
   def __post_init__(self):
     owner = "TrainConfig"
@@ -63,6 +69,12 @@ class TrainConfig:
     for name in ("b1", "b2"):
       check_number(name, getattr(self, name), high=1.0, owner=owner)
     check_choice("schedule", self.schedule, SCHEDULES, owner=owner)
+    check_choice("sharding", self.sharding, tuple(RULE_SETS), owner=owner)
+    mesh = self.mesh
+    if (not isinstance(mesh, tuple) or len(mesh) != len(MESH_AXES) or mesh.count(-1) > 1
+        or any(isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1) for v in mesh)):
+      raise ValueError(f"TrainConfig.mesh={mesh!r}: must be a tuple of {len(MESH_AXES)} sizes {MESH_AXES}, "
+                       "each an int >= 1, with at most one -1 (the devices left over)")
     for name in ("decay_fractions", "decay_factors"):
       if not isinstance(getattr(self, name), tuple):
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be a tuple")
@@ -87,7 +99,7 @@ class TrainConfig:
     """Inverse of ``to_dict`` (JSON turns tuples into lists)."""
     d = dict(d)
     d["model"] = ModelConfig(**d.get("model", {}))
-    for name in ("decay_fractions", "decay_factors"):
+    for name in ("decay_fractions", "decay_factors", "mesh"):
       if name in d:
         d[name] = tuple(d[name])
     return cls(**d)
@@ -116,7 +128,7 @@ _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 
 
 def _parse_value(text: str, hint, flag: str):
-  """The override text as the field's annotated type (bool, int, float, str or tuple[float, ...])."""
+  """The override text as the field's annotated type (bool, int, float, str or a tuple of them)."""
   try:
     if hint is bool:
       return _BOOLS[text.lower()]

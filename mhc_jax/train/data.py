@@ -209,34 +209,54 @@ def train_epoch_elements(num_tokens: int, seq_len: int) -> int:
 _NO_THREADS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
+def _check_rows(rows: slice | None, batch_size: int) -> tuple[int, int]:
+  """``(block, blocks)``: ``rows`` as the block-th of ``blocks`` equal blocks of a global batch."""
+  if rows is None:
+    return 0, 1
+  start, stop = rows.start or 0, batch_size if rows.stop is None else rows.stop
+  size = stop - start
+  if rows.step not in (None, 1) or size < 1 or batch_size % size or start % size or stop > batch_size:
+    raise ValueError(f"rows={rows} must be one of the equal blocks of a batch of {batch_size} rows")
+  return start // size, batch_size // size
+
+
 def make_train_dataset(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, *,
+                       rows: slice | None = None,
                        read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
   """The training pipeline as a grain ``IterDataset`` (e.g. to add ``.mp_prefetch(...)``).
 
   Window indices are shuffled per epoch (``MapDataset.shuffle`` + ``repeat``, reseeded each
   epoch), turned into windows with a random jitter by ``RandomWindow`` and batched into int32
-  ``[batch_size, seq_len + 1]``. ``read_options`` defaults to no reader threads (slicing
-  in-memory tokens is cheap).
+  ``[batch_size, seq_len + 1]``. ``rows`` (a block of equal size, e.g. ``slice(4, 8)`` of 16)
+  keeps only those rows of every global batch, and reads only their windows: a process's share
+  in multi-process training. The position (``get_state()``) counts global batches whatever the
+  rows, so a run resumes exactly on any number of processes. ``read_options`` defaults to no
+  reader threads (slicing in-memory tokens is cheap).
   """
   array = _check_tokens(tokens, seq_len, "training")
   _check_positive_int("batch_size", batch_size)
-  return (grain.MapDataset.range(train_epoch_elements(len(array), seq_len))
-          .shuffle(seed=_derive_seed(seed, "shuffle"))
-          .repeat()
-          .random_map(RandomWindow(array, seq_len), seed=_derive_seed(seed, "offset"))
-          .batch(batch_size, drop_remainder=True)
-          .to_iter_dataset(read_options or _NO_THREADS))
+  block, blocks = _check_rows(rows, batch_size)
+  windows = (grain.MapDataset.range(train_epoch_elements(len(array), seq_len))
+             .shuffle(seed=_derive_seed(seed, "shuffle"))
+             .repeat()
+             .random_map(RandomWindow(array, seq_len), seed=_derive_seed(seed, "offset")))
+  # Global batch j is blocks j*blocks .. j*blocks + blocks - 1 of batch_size // blocks windows each.
+  batches = windows.batch(batch_size // blocks, drop_remainder=True)
+  if blocks > 1:
+    batches = batches[block::blocks]
+  return batches.to_iter_dataset(read_options or _NO_THREADS)
 
 
 def make_train_iterator(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, *,
+                        rows: slice | None = None,
                         read_options: grain.ReadOptions | None = None) -> grain.DatasetIterator:
   """An infinite iterator of int32 batches ``[batch_size, seq_len + 1]`` of random windows.
 
   Deterministic given ``seed``. The position is ``it.get_state()`` (a JSON-able dict, e.g.
   ``{"next_index": 7}``); ``set_state`` on any iterator made from the same arguments resumes the
-  exact stream. See ``make_train_dataset`` for the pipeline.
+  exact stream. See ``make_train_dataset`` for the pipeline and ``rows``.
   """
-  return iter(make_train_dataset(tokens, seq_len, batch_size, seed, read_options=read_options))
+  return iter(make_train_dataset(tokens, seq_len, batch_size, seed, rows=rows, read_options=read_options))
 
 
 def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int,
@@ -276,9 +296,10 @@ class TextData:
   batch_size: int
   seed: int
 
-  def train_iterator(self, read_options: grain.ReadOptions | None = None) -> grain.DatasetIterator:
-    """A fresh training iterator (see ``make_train_iterator``)."""
-    return make_train_iterator(self.train_tokens, self.seq_len, self.batch_size, self.seed,
+  def train_iterator(self, read_options: grain.ReadOptions | None = None, *,
+                     rows: slice | None = None) -> grain.DatasetIterator:
+    """A fresh training iterator of ``rows`` of every batch (see ``make_train_iterator``)."""
+    return make_train_iterator(self.train_tokens, self.seq_len, self.batch_size, self.seed, rows=rows,
                                read_options=read_options)
 
   def eval_batches(self, max_batches: int) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""Shared bases of the files in ``configs/``: the matched small CPU trio and the GPU recipe.
+"""Shared bases of the files in ``configs/``: the tiny CPU run, the matched small CPU trio and the GPU recipe.
 
 They live in the package so that config files import them normally (a config file is loaded
 from its path, not as part of a package, so it cannot import a neighbouring file).
@@ -8,6 +8,16 @@ from __future__ import annotations
 
 from mhc_jax.models import ModelConfig
 from mhc_jax.train.config import TrainConfig
+
+
+def tiny_cpu(**changes) -> TrainConfig:
+  """Seconds per run on a laptop CPU: what CI and the tests train (``changes``: e.g. the mesh)."""
+  return TrainConfig(
+      model=ModelConfig(connection="mhc", num_streams=4, num_layers=2, d_model=64, num_heads=2),
+      seq_len=64, batch_size=8,
+      learning_rate=3e-3, warmup_steps=10, train_steps=60,
+      log_every=5, eval_every=20, eval_batches=4, checkpoint_every=20,
+  ).replace(**changes)
 
 
 def small_cpu(connection: str) -> TrainConfig:

@@ -1,9 +1,15 @@
-"""The training loop: jitted, donated train step; periodic eval; orbax resume; NaN guard; metrics.
+"""The training loop: jitted, donated, sharded train step; periodic eval; orbax resume; NaN guard; metrics.
 
 ``train(cfg, workdir)`` is what ``experiments/train.py`` calls. Rerunning it on the same
 workdir resumes from the newest readable checkpoint (model, optimizer and data position),
 so a run stopped at any point and resumed gives bit-identical losses on CPU to one that
 never stopped; raising ``train_steps`` on a finished workdir continues training.
+
+The state lives on the mesh of ``cfg.mesh`` (data, fsdp, tensor), sharded by the rule set
+``cfg.sharding``: it is created sharded (``jit`` with ``out_shardings``), and restored onto
+whatever mesh the resuming run has. With several processes (``jax.distributed``), each one
+reads its own rows of every batch; process 0 alone prints progress and writes metrics and plots;
+all of them write their shards of each checkpoint.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -22,7 +29,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from mhc_jax import ops
+from mhc_jax import ops, parallel
 from mhc_jax.models import TransformerLM
 from mhc_jax.train import data as data_lib
 from mhc_jax.train import plots
@@ -43,16 +50,29 @@ def next_token_loss(graphdef, params, batch_BxLp1):
   return optax.softmax_cross_entropy_with_integer_labels(logits, batch_BxLp1[:, 1:]).mean()
 
 
-def init_state(cfg: TrainConfig, tx: optax.GradientTransformation):
-  """Builds ``(graphdef, state)``; state = {"step", "params", "opt_state"} as plain pytrees."""
-  model = TransformerLM(cfg.model, rngs=nnx.Rngs(cfg.seed))
-  graphdef, params = nnx.split(model)
-  params = nnx.to_pure_dict(params)
-  return graphdef, {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+def _new_state(cfg: TrainConfig, tx: optax.GradientTransformation) -> dict:
+  params = nnx.to_pure_dict(nnx.state(TransformerLM(cfg.model, rngs=nnx.Rngs(cfg.seed))))
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation):
-  """One optimizer step; the old state's buffers are donated to the new one."""
+def init_state(cfg: TrainConfig, tx: optax.GradientTransformation, mesh=None):
+  """Builds ``(graphdef, state, shardings)``; state = {"step", "params", "opt_state"} as plain pytrees.
+
+  The state is created by one ``jit`` whose ``out_shardings`` place it on ``mesh`` (default: the
+  first device) by the rule set ``cfg.sharding``: no device ever holds an unsharded copy.
+  """
+  mesh = parallel.make_mesh((1, 1, 1), jax.devices()[:1]) if mesh is None else mesh
+  graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: TransformerLM(cfg.model, rngs=nnx.Rngs(cfg.seed))))
+  param_shardings = parallel.param_shardings(abstract_params, parallel.RULE_SETS[cfg.sharding], mesh)
+  abstract_state = jax.eval_shape(lambda: _new_state(cfg, tx))
+  shardings = parallel.state_shardings(abstract_state, param_shardings, tx, mesh)
+  state = jax.jit(lambda: _new_state(cfg, tx), out_shardings=shardings)()
+  return graphdef, state, shardings
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, shardings=None):
+  """One optimizer step; the old state's buffers are donated to the new one, which keeps
+  ``shardings`` (the state's, from ``init_state``)."""
 
   def step(state, batch):
     loss, grads = jax.value_and_grad(lambda p: next_token_loss(graphdef, p, batch))(state["params"])
@@ -61,7 +81,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation):
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
-  return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, donate_argnums=0, out_shardings=None if shardings is None else (shardings, None))
 
 
 def make_eval_step(graphdef):
@@ -97,35 +117,63 @@ def _check_same_model(ckpt: Checkpointer, cfg: TrainConfig, workdir: pathlib.Pat
                      "use a new --workdir or the original config")
 
 
+def make_run_mesh(cfg: TrainConfig):
+  """The run's mesh over every device of every process; checks that the batch splits over it."""
+  mesh = parallel.make_mesh(cfg.mesh)
+  ways = parallel.data_parallel_size(mesh, parallel.RULE_SETS[cfg.sharding])
+  if cfg.batch_size % ways:
+    raise ValueError(f"TrainConfig.batch_size={cfg.batch_size}: must split evenly over the {ways} "
+                     f"data-parallel devices of mesh {dict(zip(mesh.axis_names, mesh.axis_sizes))}")
+  return mesh
+
+
 def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = True) -> list[dict]:
   """Trains (or resumes) ``cfg`` in ``workdir``; returns the metrics rows of the whole run."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  data = data_lib.prepare_data(cfg.data_source or None, cfg.seq_len, cfg.batch_size, cfg.seed)
+  data = data_lib.prepare_data(cfg.data_source or None, cfg.seq_len, cfg.batch_size, cfg.seed,
+                               verbose=jax.process_index() == 0)
   ops.prepare(cfg.model.implementation)  # the C++ kernels are built before anything is traced
+  mesh = make_run_mesh(cfg)
+  with jax.set_mesh(mesh):  # the stream ops read it to run their kernels per shard
+    return _train(cfg, workdir, data, mesh, progress)
+
+
+def _train(cfg: TrainConfig, workdir: pathlib.Path, data: data_lib.TextData, mesh, progress: bool) -> list[dict]:
+  primary = jax.process_index() == 0  # prints progress, writes metrics, config and plots
   tx = make_optimizer(cfg)
   schedule = learning_rate_schedule(cfg)
-  graphdef, state = init_state(cfg, tx)
-  train_iter = data.train_iterator()
-  eval_batches = data.eval_batches(cfg.eval_batches)
+  graphdef, state, shardings = init_state(cfg, tx, mesh)
+  rules = parallel.RULE_SETS[cfg.sharding]
+  batch_shape = (cfg.batch_size, cfg.seq_len + 1)
+  batch_sharding = parallel.batch_sharding(mesh, rules, cfg.batch_size)
+  train_iter = data.train_iterator(rows=parallel.process_rows(batch_sharding, batch_shape))
+
+  def on_mesh(batch):  # a global batch (every process holds all of it) -> a sharded array
+    sharding = parallel.batch_sharding(mesh, rules, len(batch))
+    return parallel.global_batch(batch[parallel.process_rows(sharding, batch.shape)], sharding, len(batch))
+
+  eval_batches = [on_mesh(b) for b in data.eval_batches(cfg.eval_batches)]
 
   ckpt = Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints)
   metrics_path = workdir / METRICS_FILE
   start = 0
   _check_same_model(ckpt, cfg, workdir)
-  restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
+  restored = ckpt.restore_latest(parallel.with_shardings(jax.eval_shape(lambda: state), shardings))
   if restored is not None:
     start, state, data_state, _ = restored
     train_iter.set_state(data_state)
-    rows = [r for r in _read_metrics(metrics_path) if r["step"] <= start]
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"resumed from step {start} in {workdir}", file=sys.stderr)
-  (workdir / "config.json").write_text(cfg.to_json())
+    if primary:
+      rows = [r for r in _read_metrics(metrics_path) if r["step"] <= start]
+      metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+      print(f"resumed from step {start} in {workdir}", file=sys.stderr)
+  if primary:
+    (workdir / "config.json").write_text(cfg.to_json())
 
-  train_step = make_train_step(graphdef, tx)
+  train_step = make_train_step(graphdef, tx, shardings)
   eval_step = make_eval_step(graphdef)
   tokens_per_step = cfg.batch_size * cfg.seq_len
-  bar = tqdm(total=cfg.train_steps, initial=start, disable=not progress, unit="step",
+  bar = tqdm(total=cfg.train_steps, initial=start, disable=not (progress and primary), unit="step",
              dynamic_ncols=True, mininterval=1.0)
   last_time, last_step = time.perf_counter(), start
   # Steps dispatched but not yet finished, oldest first; their metrics are still on the device.
@@ -177,11 +225,11 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = Tru
       finish()
 
   data_state = None
-  log = metrics_path.open("a")
+  log = metrics_path.open("a") if primary else open(os.devnull, "w")
   try:
     for step in range(start + 1, cfg.train_steps + 1):
       data_state = train_iter.get_state()  # the data position that matches `state` until it advances
-      batch = jnp.asarray(next(train_iter))
+      batch = parallel.global_batch(next(train_iter), batch_sharding, cfg.batch_size)
       state, metrics = train_step(state, batch)
       data_state = None
       unread.append((step, metrics))
@@ -198,7 +246,8 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = Tru
     bar.close()
     ckpt.close()
   rows = _read_metrics(metrics_path)
-  plots.plot_metrics(rows, workdir / "plots", title=workdir.resolve().name)
+  if primary:
+    plots.plot_metrics(rows, workdir / "plots", title=workdir.resolve().name)
   return rows
 
 
@@ -227,13 +276,13 @@ def load_for_inference(workdir: str | pathlib.Path):
   cfg = TrainConfig.from_dict(ckpt.read_config(steps[-1]))
   ops.prepare(cfg.model.implementation)
   tx = make_optimizer(cfg)
-  graphdef, state = init_state(cfg, tx)
-  restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
+  graphdef, state, shardings = init_state(cfg, tx)
+  restored = ckpt.restore_latest(parallel.with_shardings(jax.eval_shape(lambda: state), shardings))
   ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
   return nnx.merge(graphdef, restored[1]["params"]), cfg
 
 
-__all__ = ["TrainingDiverged", "evaluate", "init_state", "load_for_inference",
-           "make_eval_step", "make_train_step", "next_token_loss", "train"]
+__all__ = ["TrainingDiverged", "evaluate", "init_state", "load_for_inference", "make_eval_step",
+           "make_run_mesh", "make_train_step", "next_token_loss", "train"]

@@ -1,4 +1,8 @@
-"""The training loop: learns, resumes bit-identically, guards NaN, survives corrupt checkpoints."""
+"""The training loop: resumes bit-identically, guards NaN, survives corrupt checkpoints.
+
+The runs here are data parallel over the suite's 8 fake devices (the configs' default mesh);
+tests/train/test_sharded_training.py covers learning, the other meshes and several processes.
+"""
 
 import json
 import math
@@ -36,17 +40,6 @@ def reference_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("reference")
   rows = trainer.train(FAST, workdir, progress=False)
   return workdir, rows
-
-
-def test_tiny_config_trains_and_val_loss_falls(tmp_path):
-  rows = trainer.train(TINY, tmp_path, progress=False)
-  val = [r for r in rows if "val_loss" in r]
-  assert [r["step"] for r in val] == [20, 40, 60]
-  assert val[-1]["val_loss"] < val[0]["val_loss"] < math.log(256)
-  assert all(k in rows[0] for k in ("step", "train_loss", "grad_norm", "tokens_per_sec"))
-  for name in ("loss.png", "grad_norm.png"):
-    assert (tmp_path / "plots" / name).stat().st_size > 10_000
-  assert json.loads((tmp_path / "config.json").read_text())["train_steps"] == 60
 
 
 def test_resume_after_crash_is_bit_identical(tmp_path, reference_run, monkeypatch):
@@ -90,9 +83,10 @@ def test_ctrl_c_saves_and_resumes_bit_identically(tmp_path, reference_run, monke
   assert strip(got) == strip(want)
 
 
-@pytest.mark.parametrize("devices", [8, 1], ids=["8-devices-xla-ops", "1-device-cpu-kernels"])
+@pytest.mark.parametrize("devices", [8, 1], ids=["8-devices-data-parallel", "1-device"])
 def test_kill_9_between_saves_then_resume_is_bit_identical(tmp_path, reference_run, devices):
-  """On one device implementation="auto" runs the C++ kernels: they must resume exactly too."""
+  """Data parallel over the suite's 8 fake devices (as the in-process reference run) and on one
+  device; implementation="auto" runs the C++ kernels, per shard on 8 devices."""
   def cmd(workdir):
     args = [sys.executable, str(ROOT / "experiments/train.py"), "--config", str(ROOT / "configs/tiny_cpu.py"),
             "--workdir", str(workdir), "--no-progress"]
@@ -105,9 +99,9 @@ def test_kill_9_between_saves_then_resume_is_bit_identical(tmp_path, reference_r
     env.pop("XLA_FLAGS")  # the suite's 8 fake devices
     subprocess.run(cmd(tmp_path / "uninterrupted"), env=env, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
-    xla_losses, want = [r["train_loss"] for r in want], _rows(tmp_path / "uninterrupted")
-    # Same model and data, other kernels: the same losses up to float reordering.
-    np.testing.assert_allclose([r["train_loss"] for r in want], xla_losses, rtol=2e-3)
+    parallel_losses, want = [r["train_loss"] for r in want], _rows(tmp_path / "uninterrupted")
+    # Same model and data on one device: the same losses up to float reordering.
+    np.testing.assert_allclose([r["train_loss"] for r in want], parallel_losses, rtol=1e-4)
   workdir = tmp_path / "killed"
   proc = subprocess.Popen(cmd(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   metrics = workdir / "metrics.jsonl"

@@ -1,0 +1,126 @@
+"""The device mesh, the train state's shardings, global batches from per-process rows, and
+``jax.distributed`` start-up.
+
+The mesh has the axes ``(data, fsdp, tensor)`` of ``rules.MESH_AXES``, with Auto axis types
+(XLA's partitioner places what the shardings leave open). One of its sizes may be -1: the
+devices left over. The same code runs on one process or many: JAX's multi-controller runtime
+gives every process the same program, each process feeds its own rows of the batch, and
+``jax.make_array_from_process_local_data`` joins them into one global array.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from mhc_jax.parallel.rules import MESH_AXES, batch_spec
+
+
+def resolve_shape(shape, num_devices: int) -> tuple[int, ...]:
+  """``shape`` (data, fsdp, tensor) with its -1 filled in from ``num_devices``; checks that it fits."""
+  shape = tuple(shape)
+  if len(shape) != len(MESH_AXES) or any(s != -1 and s < 1 for s in shape) or shape.count(-1) > 1:
+    raise ValueError(f"mesh={shape}: needs one size per axis {MESH_AXES}, each >= 1, at most one -1")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"mesh={shape}: {num_devices} devices do not split into {known} x the rest")
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if math.prod(shape) > num_devices:
+    raise ValueError(f"mesh={shape} (data, fsdp, tensor) needs {math.prod(shape)} devices; there are "
+                     f"{num_devices} (set --config.mesh, e.g. '(-1, 1, 1)' for data parallel over all)")
+  return shape
+
+
+def make_mesh(shape=(-1, 1, 1), devices=None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over ``devices`` (default: every device of every process).
+
+  A single process may use fewer devices than it has (the first ones), e.g. ``(1, 1, 1)``;
+  several processes must use all of theirs.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  shape = resolve_shape(shape, len(devices))
+  if math.prod(shape) < len(devices):
+    if jax.process_count() > 1:
+      raise ValueError(f"mesh={shape} leaves devices out: with {jax.process_count()} processes the "
+                       f"mesh must cover all {len(devices)} devices")
+    devices = devices[:math.prod(shape)]
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def state_shardings(abstract_state: dict, param_shardings: dict, tx: optax.GradientTransformation,
+                    mesh: Mesh) -> dict:
+  """Shardings of ``{"step", "params", "opt_state"}``: optimizer moments like their parameter,
+  everything else (the step, Adam's count) replicated."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding, abstract_state["opt_state"],
+                                    param_shardings, transform_non_params=lambda _: replicated)
+  return {"step": replicated, "params": param_shardings, "opt_state": opt_state}
+
+
+def with_shardings(abstract, shardings):
+  """``jax.ShapeDtypeStruct``s of ``abstract`` carrying ``shardings`` (e.g. an orbax restore target)."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def data_parallel_size(mesh: Mesh, rules) -> int:
+  """Ways a batch's rows split: the product of the sizes of the ``batch`` rule's mesh axes."""
+  axes = batch_spec(rules)[0] or ()
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+  return math.prod(sizes[a] for a in ((axes,) if isinstance(axes, str) else axes))
+
+
+def batch_sharding(mesh: Mesh, rules, global_rows: int) -> NamedSharding:
+  """Rows split over the data-parallel axes; replicated when they do not split evenly (a short
+  validation set's last batch)."""
+  split = global_rows % data_parallel_size(mesh, rules) == 0
+  return NamedSharding(mesh, batch_spec(rules) if split else PartitionSpec())
+
+
+def process_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> slice:
+  """The rows of a global batch that this process's devices hold under ``sharding`` (one block)."""
+  index = sharding.addressable_devices_indices_map(tuple(global_shape))
+  starts = [i[0].start or 0 for i in index.values()]
+  stops = [global_shape[0] if i[0].stop is None else i[0].stop for i in index.values()]
+  return slice(min(starts), max(stops))
+
+
+def global_batch(local_rows: np.ndarray, sharding: NamedSharding, global_rows: int) -> jax.Array:
+  """The global batch from this process's rows (its ``process_rows``)."""
+  return jax.make_array_from_process_local_data(sharding, local_rows, (global_rows,) + local_rows.shape[1:])
+
+
+CLUSTER_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+  """Starts JAX's multi-process runtime; True if this run has several processes.
+
+  With the three arguments: those. Without them, JAX's own cluster detection (SLURM, Open MPI,
+  ``JAX_COORDINATOR_ADDRESS``) applies when the environment shows several processes; a plain
+  single-process run starts nothing. Call before anything else touches JAX's devices.
+  """
+  given = (coordinator_address, num_processes, process_id)
+  if any(v is not None for v in given):
+    if any(v is None for v in given):
+      raise ValueError("--coordinator_address, --num_processes and --process_id go together; got "
+                       f"{coordinator_address!r}, {num_processes!r}, {process_id!r}")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise ValueError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    return num_processes > 1
+  on_cluster = os.environ.get("JAX_COORDINATOR_ADDRESS") or any(
+      int(os.environ.get(v, "1") or 1) > 1 for v in CLUSTER_VARIABLES)
+  if not on_cluster:
+    return False
+  jax.distributed.initialize()
+  print(f"mhc_jax: process {jax.process_index()} of {jax.process_count()}, "
+        f"{jax.local_device_count()} local devices", file=sys.stderr)
+  return jax.process_count() > 1
