@@ -7,6 +7,8 @@
                                       one connection as two calls: ``u, ctx = *_pre(x, ...)``,
                                       then ``x' = connection_post(F(u), ctx)`` (fused on the
                                       backends that can)
+  stream_axes                         the mesh axes the ops split tokens over (on a mesh,
+                                      kernels run per token shard: ops/sharding.py)
 
 Each op takes ``implementation=``; :mod:`mhc_jax.ops.dispatch` settles ``"auto"`` and imports
 the backend modules (:mod:`mhc_jax.ops.backends`) on first use.
@@ -17,6 +19,7 @@ from mhc_jax.ops.convert import from_deepseek, to_deepseek
 from mhc_jax.ops.dispatch import IMPLEMENTATIONS, check_implementation, prepare
 from mhc_jax.ops.hc import hc_coefficients, hc_connection_pre, hc_static_init
 from mhc_jax.ops.mhc import mhc_coefficients, mhc_connection_pre
+from mhc_jax.ops.sharding import stream_axes
 from mhc_jax.ops.sinkhorn import GRAD_MODES, sinkhorn_knopp
 from mhc_jax.ops.streams import Context, MHCConfig, num_coefficients
 
@@ -38,5 +41,6 @@ __all__ = [
     "num_coefficients",
     "prepare",
     "sinkhorn_knopp",
+    "stream_axes",
     "to_deepseek",
 ]

@@ -6,7 +6,8 @@ stream ops act on each token alone, so on a mesh they run under ``jax.shard_map`
 one kernel call per device on that device's tokens:
 
   * the stream ``[T, N, C]`` and every per-token array (``u``, ``y``, the maps) are split
-    over T, across every mesh axis that is not manual (data, fsdp and tensor alike);
+    over T, across the mesh axes that split the batch: those given to ``stream_axes`` (the
+    trainer gives its data-parallel axes, data and fsdp), else every axis of the mesh;
   * N and C stay whole: the maps need a token's whole ``N*C`` vector (the RMS over it and
     the GEMM with phi's ``N*C`` rows), which the fused kernels read in one pass;
   * the parameters (phi, alpha, bias; HC's w and static parts) enter replicated: an FSDP-
@@ -21,7 +22,10 @@ explains the placement.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from collections.abc import Iterator, Sequence
 
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
@@ -43,12 +47,36 @@ def mesh_of(x):
   return sharding.mesh if isinstance(sharding, NamedSharding) else None
 
 
+class _Axes(threading.local):
+  axes: tuple[str, ...] | None = None
+
+
+_STREAM_AXES = _Axes()
+
+
+@contextlib.contextmanager
+def stream_axes(axes: Sequence[str] | None) -> Iterator[None]:
+  """Within the block, the stream ops split tokens over these mesh axes only (None: all of them).
+
+  Give the axes that split your batch. Splitting tokens over a tensor-parallel axis too would
+  halve the stream's memory, but XLA's partitioner then moves every sublayer's input and output
+  between the two layouts by gathering them whole onto each device.
+  """
+  previous, _STREAM_AXES.axes = _STREAM_AXES.axes, None if axes is None else tuple(axes)
+  try:
+    yield
+  finally:
+    _STREAM_AXES.axes = previous
+
+
 def token_axes(mesh) -> tuple[str, ...]:
-  """The mesh axes the stream ops split tokens over: those of size > 1 that are not manual."""
+  """The mesh axes the stream ops split tokens over: those of size > 1 that are not manual, and
+  among ``stream_axes`` when that is set."""
   if mesh is None:
     return ()
+  chosen = _STREAM_AXES.axes
   return tuple(name for name, size, kind in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types)
-               if size > 1 and kind != AxisType.Manual)
+               if size > 1 and kind != AxisType.Manual and (chosen is None or name in chosen))
 
 
 def num_shards(mesh) -> int:

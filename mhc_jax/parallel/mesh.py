@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from mhc_jax.parallel.rules import MESH_AXES, batch_spec
+from mhc_jax.parallel.rules import MESH_AXES, batch_axes, batch_spec
 
 
 def resolve_shape(shape, num_devices: int) -> tuple[int, ...]:
@@ -71,9 +71,8 @@ def with_shardings(abstract, shardings):
 
 def data_parallel_size(mesh: Mesh, rules) -> int:
   """Ways a batch's rows split: the product of the sizes of the ``batch`` rule's mesh axes."""
-  axes = batch_spec(rules)[0] or ()
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-  return math.prod(sizes[a] for a in ((axes,) if isinstance(axes, str) else axes))
+  return math.prod(sizes[a] for a in batch_axes(rules))
 
 
 def batch_sharding(mesh: Mesh, rules, global_rows: int) -> NamedSharding:

@@ -87,6 +87,12 @@ def param_shardings(abstract_params: nnx.State, rules, mesh) -> dict:
   return nnx.to_pure_dict(shardings)
 
 
+def batch_axes(rules) -> tuple[str, ...]:
+  """The mesh axes that split a batch's rows (the ``batch`` rule)."""
+  axes = dict(rules).get("batch") or ()
+  return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
 def batch_spec(rules) -> PartitionSpec:
   """Rows of a batch split over the ``batch`` rule's mesh axes; the sequence whole."""
-  return PartitionSpec(dict(rules).get("batch"), None)
+  return PartitionSpec(batch_axes(rules) or None, None)

@@ -5,7 +5,8 @@ Each step is one orbax checkpoint directory ``<workdir>/checkpoints/<step>/`` wi
 ``config`` (JSON). Orbax writes to a temporary directory and renames it when complete, so a
 run killed mid-save leaves the previous checkpoints intact. A checkpoint that cannot be read
 is reported, moved aside to ``<workdir>/checkpoints_corrupt/`` (nothing is deleted), and the
-previous one is used.
+previous one is used. With several processes, orbax writes each checkpoint collectively (every
+process its own shards, into the same directory), and process 0 alone moves a bad one aside.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import shutil
 import sys
 import time
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 class Checkpointer:
@@ -59,12 +62,15 @@ class Checkpointer:
     return None
 
   def _quarantine(self, step: int, error: Exception) -> None:
-    aside = self.directory.parent / f"{self.directory.name}_corrupt" / f"{step}-{int(time.time())}"
-    print(f"checkpoint at step {step} in {self.directory} is unreadable "
-          f"({type(error).__name__}: {str(error)[:300]}); moving it to {aside} and trying the previous one",
-          file=sys.stderr)
-    aside.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(self.directory / str(step)), str(aside))
+    if jax.process_index() == 0:  # one process moves it; the others wait for that below
+      aside = self.directory.parent / f"{self.directory.name}_corrupt" / f"{step}-{int(time.time())}"
+      print(f"checkpoint at step {step} in {self.directory} is unreadable "
+            f"({type(error).__name__}: {str(error)[:300]}); moving it to {aside} and trying the previous one",
+            file=sys.stderr)
+      aside.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(self.directory / str(step)), str(aside))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"mhc_jax: checkpoint {step} moved aside")
     self._manager.close()
     self._manager = self._open()
 

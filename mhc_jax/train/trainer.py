@@ -14,6 +14,7 @@ all of them write their shards of each checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -55,6 +56,15 @@ def _new_state(cfg: TrainConfig, tx: optax.GradientTransformation) -> dict:
   return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
 
+def abstract_state(cfg: TrainConfig, tx: optax.GradientTransformation, mesh):
+  """``(graphdef, abstract state, shardings)``: shapes and placements on ``mesh``, nothing allocated."""
+  graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: TransformerLM(cfg.model, rngs=nnx.Rngs(cfg.seed))))
+  param_shardings = parallel.param_shardings(abstract_params, parallel.RULE_SETS[cfg.sharding], mesh)
+  abstract = jax.eval_shape(lambda: _new_state(cfg, tx))
+  shardings = parallel.state_shardings(abstract, param_shardings, tx, mesh)
+  return graphdef, parallel.with_shardings(abstract, shardings), shardings
+
+
 def init_state(cfg: TrainConfig, tx: optax.GradientTransformation, mesh=None):
   """Builds ``(graphdef, state, shardings)``; state = {"step", "params", "opt_state"} as plain pytrees.
 
@@ -62,10 +72,7 @@ def init_state(cfg: TrainConfig, tx: optax.GradientTransformation, mesh=None):
   first device) by the rule set ``cfg.sharding``: no device ever holds an unsharded copy.
   """
   mesh = parallel.make_mesh((1, 1, 1), jax.devices()[:1]) if mesh is None else mesh
-  graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: TransformerLM(cfg.model, rngs=nnx.Rngs(cfg.seed))))
-  param_shardings = parallel.param_shardings(abstract_params, parallel.RULE_SETS[cfg.sharding], mesh)
-  abstract_state = jax.eval_shape(lambda: _new_state(cfg, tx))
-  shardings = parallel.state_shardings(abstract_state, param_shardings, tx, mesh)
+  graphdef, _, shardings = abstract_state(cfg, tx, mesh)
   state = jax.jit(lambda: _new_state(cfg, tx), out_shardings=shardings)()
   return graphdef, state, shardings
 
@@ -117,6 +124,14 @@ def _check_same_model(ckpt: Checkpointer, cfg: TrainConfig, workdir: pathlib.Pat
                      "use a new --workdir or the original config")
 
 
+@contextlib.contextmanager
+def on_mesh(cfg: TrainConfig, mesh):
+  """The context of a run on ``mesh``: the mesh itself, and the stream ops' token axes (the
+  batch's), which they read to run their kernels per shard."""
+  with jax.set_mesh(mesh), ops.stream_axes(parallel.batch_axes(parallel.RULE_SETS[cfg.sharding])):
+    yield
+
+
 def make_run_mesh(cfg: TrainConfig):
   """The run's mesh over every device of every process; checks that the batch splits over it."""
   mesh = parallel.make_mesh(cfg.mesh)
@@ -135,7 +150,7 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path, *, progress: bool = Tru
                                verbose=jax.process_index() == 0)
   ops.prepare(cfg.model.implementation)  # the C++ kernels are built before anything is traced
   mesh = make_run_mesh(cfg)
-  with jax.set_mesh(mesh):  # the stream ops read it to run their kernels per shard
+  with on_mesh(cfg, mesh):
     return _train(cfg, workdir, data, mesh, progress)
 
 
@@ -149,11 +164,11 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, data: data_lib.TextData, mes
   batch_sharding = parallel.batch_sharding(mesh, rules, cfg.batch_size)
   train_iter = data.train_iterator(rows=parallel.process_rows(batch_sharding, batch_shape))
 
-  def on_mesh(batch):  # a global batch (every process holds all of it) -> a sharded array
+  def placed(batch):  # a global batch (every process holds all of it) -> a sharded array
     sharding = parallel.batch_sharding(mesh, rules, len(batch))
     return parallel.global_batch(batch[parallel.process_rows(sharding, batch.shape)], sharding, len(batch))
 
-  eval_batches = [on_mesh(b) for b in data.eval_batches(cfg.eval_batches)]
+  eval_batches = [placed(b) for b in data.eval_batches(cfg.eval_batches)]
 
   ckpt = Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints)
   metrics_path = workdir / METRICS_FILE
@@ -284,5 +299,5 @@ def load_for_inference(workdir: str | pathlib.Path):
   return nnx.merge(graphdef, restored[1]["params"]), cfg
 
 
-__all__ = ["TrainingDiverged", "evaluate", "init_state", "load_for_inference", "make_eval_step",
+__all__ = ["TrainingDiverged", "abstract_state", "evaluate", "init_state", "load_for_inference", "make_eval_step",
            "make_run_mesh", "make_train_step", "next_token_loss", "train"]

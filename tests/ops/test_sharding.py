@@ -150,3 +150,19 @@ def test_one_device_runs_directly():
   assert sharding.token_axes(sharding.mesh_of(x)) == ()
   jaxpr = str(jax.make_jaxpr(lambda x: ops.mhc_pre(x, jnp.ones(x.shape[:-1]), implementation="cpu"))(x))
   assert "shard_map" not in jaxpr
+
+
+def test_stream_axes_limits_the_token_split(mesh):
+  """With the batch's axes given (data, fsdp), the kernels split tokens 4 ways and repeat over tensor."""
+  inputs = _stream_inputs()
+  args = [inputs[n] for n in ("x", "phi", "alpha", "bias")]
+  fn = functools.partial(_mhc_connection, implementation="cpu")
+  want = _value_and_grads(fn, args)
+  with jax.set_mesh(mesh), ops.stream_axes(("data", "fsdp")):
+    assert sharding.token_axes(sharding.mesh_of(args[0])) == ("data", "fsdp")
+    sharded_args = [_token_sharded(mesh, a) for a in args]
+    got = _value_and_grads(fn, sharded_args)
+    assert "P(('data', 'fsdp'),)" in str(jax.make_jaxpr(fn)(*sharded_args))
+  assert sharding.token_axes(mesh) == AXES  # the context is gone
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-5, atol=2e-5 * float(jnp.abs(w).max()))

@@ -277,3 +277,18 @@ def test_prepare_data_rejects_seq_len_longer_than_val(tmp_path):
   (tmp_path / "small.txt").write_text("y" * 40)
   with pytest.raises(ValueError, match=r"seq_len=64.*validation data has only 40"):
     data.prepare_data(str(tmp_path), seq_len=64, batch_size=2, val_names=["small"], verbose=False)
+
+
+def test_rows_of_a_batch_read_by_separate_iterators_join_into_the_batch():
+  """A process's share (a block of rows) of every batch, and the position counts global batches."""
+  tokens = np.random.default_rng(0).integers(0, 256, 20_000).astype(np.uint8)
+  whole = data.make_train_iterator(tokens, 16, 8, seed=3)
+  parts = [data.make_train_iterator(tokens, 16, 8, seed=3, rows=slice(2 * i, 2 * i + 2)) for i in range(4)]
+  for _ in range(3):
+    np.testing.assert_array_equal(np.concatenate([next(p) for p in parts]), next(whole))
+  assert parts[1].get_state() == whole.get_state()
+  resumed = data.make_train_iterator(tokens, 16, 8, seed=3, rows=slice(4, 8))  # another split, same position
+  resumed.set_state(whole.get_state())
+  np.testing.assert_array_equal(next(resumed), next(whole)[4:8])
+  with pytest.raises(ValueError, match="must be one of the equal blocks"):
+    data.make_train_iterator(tokens, 16, 8, seed=3, rows=slice(1, 4))

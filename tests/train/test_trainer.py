@@ -1,7 +1,8 @@
 """The training loop: resumes bit-identically, guards NaN, survives corrupt checkpoints.
 
-The runs here are data parallel over the suite's 8 fake devices (the configs' default mesh);
-tests/train/test_sharded_training.py covers learning, the other meshes and several processes.
+The runs here are on one device, but for the kill -9 test: data parallel over the suite's 8 fake
+devices (the configs' default mesh). tests/train/test_sharded_training.py covers learning, the
+other meshes and several processes.
 """
 
 import json
@@ -23,7 +24,8 @@ from mhc_jax.train import trainer
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = config_lib.load_config_file(ROOT / "configs/tiny_cpu.py")
 # Small and fast; real text from the default corpus (shared/ or the registry cache).
-FAST = TINY.replace(train_steps=30, eval_every=10, checkpoint_every=10, log_every=1, eval_batches=2)
+FAST = TINY.replace(train_steps=30, eval_every=10, checkpoint_every=10, log_every=1, eval_batches=2,
+                    mesh=(1, 1, 1))
 
 
 def strip(rows):
@@ -83,10 +85,9 @@ def test_ctrl_c_saves_and_resumes_bit_identically(tmp_path, reference_run, monke
   assert strip(got) == strip(want)
 
 
-@pytest.mark.parametrize("devices", [8, 1], ids=["8-devices-data-parallel", "1-device"])
-def test_kill_9_between_saves_then_resume_is_bit_identical(tmp_path, reference_run, devices):
-  """Data parallel over the suite's 8 fake devices (as the in-process reference run) and on one
-  device; implementation="auto" runs the C++ kernels, per shard on 8 devices."""
+def test_kill_9_between_saves_then_resume_is_bit_identical(tmp_path_factory, tmp_path):
+  """Data parallel over the suite's 8 fake devices, the configs' default mesh: the sharded state,
+  the C++ kernels per shard and the data position resume exactly."""
   def cmd(workdir):
     args = [sys.executable, str(ROOT / "experiments/train.py"), "--config", str(ROOT / "configs/tiny_cpu.py"),
             "--workdir", str(workdir), "--no-progress"]
@@ -94,14 +95,8 @@ def test_kill_9_between_saves_then_resume_is_bit_identical(tmp_path, reference_r
                    ("train_steps", "eval_every", "checkpoint_every", "log_every", "eval_batches")]
 
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  want = reference_run[1]
-  if devices == 1:
-    env.pop("XLA_FLAGS")  # the suite's 8 fake devices
-    subprocess.run(cmd(tmp_path / "uninterrupted"), env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    parallel_losses, want = [r["train_loss"] for r in want], _rows(tmp_path / "uninterrupted")
-    # Same model and data on one device: the same losses up to float reordering.
-    np.testing.assert_allclose([r["train_loss"] for r in want], parallel_losses, rtol=1e-4)
+  assert TINY.mesh == (-1, 1, 1) and "device_count=8" in env["XLA_FLAGS"]
+  want = trainer.train(FAST.replace(mesh=TINY.mesh), tmp_path_factory.mktemp("data_parallel"), progress=False)
   workdir = tmp_path / "killed"
   proc = subprocess.Popen(cmd(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   metrics = workdir / "metrics.jsonl"
