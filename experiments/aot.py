@@ -26,6 +26,10 @@ Compiled for fake CPU devices, not GPUs. What differs on a GPU:
     per GPU), and the fragmentation of XLA's allocator. Keep 10-15% of the device free."""
 
 
+def _size(num_bytes: int) -> str:
+  return f"{num_bytes / GIB:.2f} GiB" if num_bytes >= GIB / 10 else f"{num_bytes / 2**20:.2f} MiB"
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                    epilog="Override any config field with --config.<field>=<value>.")
@@ -75,8 +79,8 @@ def main(argv=None) -> int:
   for name, value in (("parameters", m.parameters), ("optimizer state", m.optimizer_state),
                       ("batch", m.batch), ("activations / temp", m.temp),
                       ("outputs not aliased", m.unaliased_outputs), ("total", m.total)):
-    print(f"  {name:<22} {value / GIB:9.3f} GiB")
-  print(f"  (XLA's own count of the step's inputs: {m.argument_bytes_by_xla / GIB:.3f} GiB)")
+    print(f"  {name:<22} {_size(value):>12}")
+  print(f"  (XLA's own count of the step's inputs: {_size(m.argument_bytes_by_xla)})")
   budget = args.device_memory_gb * 1e9
   verdict = "fits" if m.total <= 0.85 * budget else "does NOT fit"
   print(f"\n{verdict} in {args.device_memory_gb:g} GB per device "

@@ -133,8 +133,10 @@ def run(module, fn, x_TxNxC, per_token: tuple, shared: tuple = ()):
   """``fn(*per_token, *shared)`` for the backend ``module`` that ``select`` chose for x.
 
   On a mesh, kernels run once per token shard (:func:`mhc_jax.ops.sharding.per_shard`);
-  ``"xla"`` runs as is and is left to XLA's partitioner.
+  ``"xla"`` is left to XLA's partitioner, its per-token inputs and outputs pinned to the stream's
+  layout (:func:`mhc_jax.ops.sharding.with_token_layout`).
   """
   if module.NAME == "xla":
-    return fn(*per_token, *shared)
+    out = fn(*sharding.with_token_layout(tuple(per_token), x_TxNxC), *shared)
+    return sharding.with_token_layout(out, x_TxNxC)
   return sharding.per_shard(fn, x_TxNxC, per_token, shared)

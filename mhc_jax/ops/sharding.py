@@ -106,6 +106,18 @@ def shard_problem(x_TxNxC, name: str) -> str | None:
   return None
 
 
+def with_token_layout(tree, x_TxNxC):
+  """Every array in ``tree`` (token axis first) pinned to the stream's layout: tokens split over
+  ``token_axes``, the rest whole. For the ops that XLA's partitioner places (``"xla"``): without
+  it, the partitioner may take the layout of the FSDP-split weights (C split over fsdp, tokens
+  whole) and move between the two by gathering whole arrays."""
+  mesh = mesh_of(x_TxNxC)
+  axes = token_axes(mesh)
+  if not axes or x_TxNxC.shape[0] % num_shards(mesh):
+    return tree
+  return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, PartitionSpec(axes)))
+
+
 def per_shard(fn, x_TxNxC, per_token: tuple, shared: tuple = ()):
   """``fn(*per_token, *shared)``, run once per token shard of x's mesh (directly on one device).
 
