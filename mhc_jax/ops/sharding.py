@@ -113,8 +113,8 @@ def with_token_layout(tree, x_TxNxC):
   whole) and move between the two by gathering whole arrays."""
   mesh = mesh_of(x_TxNxC)
   axes = token_axes(mesh)
-  if not axes or x_TxNxC.shape[0] % num_shards(mesh):
-    return tree
+  if not axes or x_TxNxC.shape[0] % num_shards(mesh) or AxisType.Explicit in mesh.axis_types:
+    return tree  # explicit axes: the layout is in the arrays' types, the caller's to choose
   return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, PartitionSpec(axes)))
 
 

@@ -50,6 +50,7 @@ def test_auto_reads_the_mesh_not_the_device_count(cpu_built):
     assert CUSTOM_CALL in _pre_hlo(x)
     assert "shard_map" in str(jax.make_jaxpr(lambda x: ops.mhc_pre(x, jnp.ones(x.shape[:-1])))(x))
     assert CUSTOM_CALL not in _pre_hlo(x[:6])  # 6 tokens over 8 devices
+    assert CUSTOM_CALL not in _pre_hlo(x, "xla")  # XLA's ops, placed by the partitioner
   sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
   assert dispatch.select("auto", ("pre",), sharded).NAME == "cpu"
   assert dispatch.select("auto", ("pre",), x).NAME == "cpu"
