@@ -306,7 +306,8 @@ fi
 #    the GPU, so each allocates on demand instead of taking 75% of its memory.
 if wanted kernel_tests; then
   test_args=()
-  ((DRY)) && test_args+=(-k "TestXla and test_pre_forward and float32")  # seconds, not Pallas interpret
+  # A dry run checks the step, not the kernels: one XLA test, seconds (not Pallas interpret).
+  ((DRY)) && test_args+=(-k "TestXla and test_pre_forward and float32-4-37")
   ((WORKERS > 0)) && test_args+=(-n "$WORKERS")
   run_step kernel_tests "$T_KERNEL_TESTS" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
     "$PY" -m pytest -v -p no:cacheprovider --durations=5 tests/ops/test_kernels.py "${test_args[@]}"
@@ -329,7 +330,9 @@ fi
 #    at the training step's batch.
 if wanted bench_step; then
   if ((DRY)); then
-    step_args=(--config configs/tiny_cpu.py --dtype bfloat16 --repeats 2 --no-forward_ratio)
+    # One block at batch 2 x 16: a dry run's time here is the three models' init and compile.
+    step_args=(--config configs/tiny_cpu.py --dtype bfloat16 --num_layers 1 --seq_len 16 --batch_size 2
+               --repeats 2 --no-forward_ratio)
   else
     step_args=(--config configs/gpu_125m.py --batch_size 32 --repeats 6 --no-forward_ratio)
   fi
