@@ -1,11 +1,11 @@
 """Sharded training: the state is created sharded, and every parallel layout trains the same losses.
 
-The reference is configs/tiny_cpu.py on one device. Its per-step train losses must agree to
-1e-4 relative with:
+The reference is configs/tiny_cpu.py on one device (its first 24 steps, for the suite's time).
+Its per-step train losses must agree to 1e-4 relative with:
   * tiny_cpu as it is on the suite's 8 fake devices (data parallel; "auto" runs the C++
     kernels per shard), which must also learn and write its plots;
   * configs/tiny_fsdp_tp_cpu.py (data 2 x fsdp 2 x tensor 2);
-  * that run's step-40 checkpoint, saved on 8 devices and resumed on one;
+  * that run's step-16 checkpoint, saved on 8 devices and resumed on one;
   * tiny_cpu as 2 processes on 127.0.0.1 (jax.distributed, CPU collectives), one device each.
 """
 
@@ -29,8 +29,10 @@ from mhc_jax.train import trainer
 from mhc_jax.train.optim import make_optimizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TINY = config_lib.load_config_file(ROOT / "configs/tiny_cpu.py").replace(log_every=1)
-FSDP_TP = config_lib.load_config_file(ROOT / "configs/tiny_fsdp_tp_cpu.py").replace(log_every=1)
+# The first 24 of the configs' 60 steps (the suite's time), logged, evaluated and saved every 8.
+SHORT = dict(train_steps=24, log_every=1, eval_every=8, checkpoint_every=8)
+TINY = config_lib.load_config_file(ROOT / "configs/tiny_cpu.py").replace(**SHORT)
+FSDP_TP = config_lib.load_config_file(ROOT / "configs/tiny_fsdp_tp_cpu.py").replace(**SHORT)
 ONE_DEVICE = TINY.replace(mesh=(1, 1, 1))
 RTOL = 1e-4
 
@@ -84,29 +86,29 @@ def test_data_parallel_on_8_devices_learns_the_same_losses(one_device, tmp_path)
   assert jax.device_count() == 8 and TINY.mesh == (-1, 1, 1)
   rows = trainer.train(TINY, tmp_path, progress=False)
   val = [r for r in rows if "val_loss" in r]
-  assert [r["step"] for r in val] == [20, 40, 60]
+  assert [r["step"] for r in val] == [8, 16, 24]
   assert val[-1]["val_loss"] < val[0]["val_loss"] < math.log(256)
   assert all(k in rows[0] for k in ("step", "train_loss", "grad_norm", "tokens_per_sec"))
   for name in ("loss.png", "grad_norm.png"):
     assert (tmp_path / "plots" / name).stat().st_size > 10_000
-  assert json.loads((tmp_path / "config.json").read_text())["train_steps"] == 60
-  assert len(rows) == 60
+  assert json.loads((tmp_path / "config.json").read_text())["train_steps"] == 24
+  assert len(rows) == 24
   np.testing.assert_allclose(_losses(rows), _losses(one_device), rtol=RTOL)
 
 
 def test_fsdp_tp_on_8_devices_matches_one_device(one_device, fsdp_tp):
   _, rows = fsdp_tp
-  assert len(rows) == 60
+  assert len(rows) == 24
   np.testing.assert_allclose(_losses(rows), _losses(one_device), rtol=RTOL)
 
 
 def test_saved_on_8_devices_resumed_on_one(one_device, fsdp_tp, tmp_path):
   workdir = tmp_path / "resumed"
   shutil.copytree(fsdp_tp[0], workdir)
-  shutil.rmtree(workdir / "checkpoints" / "60")  # resume from step 40, saved by the fsdp_tp run
+  shutil.rmtree(workdir / "checkpoints" / "24")  # resume from step 16, saved by the fsdp_tp run
   rows = trainer.train(ONE_DEVICE, workdir, progress=False)
-  assert [r["step"] for r in rows] == list(range(1, 61))
-  np.testing.assert_allclose(_losses(rows, after=40), _losses(one_device, after=40), rtol=RTOL)
+  assert [r["step"] for r in rows] == list(range(1, 25))
+  np.testing.assert_allclose(_losses(rows, after=16), _losses(one_device, after=16), rtol=RTOL)
 
 
 def _free_port() -> int:
@@ -121,7 +123,8 @@ def test_two_processes_match_one_device(one_device, tmp_path):
   address = f"127.0.0.1:{_free_port()}"
   procs = [subprocess.Popen(
       [sys.executable, str(ROOT / "experiments/train.py"), "--config", str(ROOT / "configs/tiny_cpu.py"),
-       "--workdir", str(tmp_path), "--no-progress", "--config.log_every=1", "--coordinator_address", address,
+       "--workdir", str(tmp_path), "--no-progress", *(f"--config.{k}={v}" for k, v in SHORT.items()),
+       "--coordinator_address", address,
        "--num_processes", "2", "--process_id", str(i)],
       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
   errors = [p.communicate(timeout=600)[1].decode() for p in procs]
@@ -129,6 +132,6 @@ def test_two_processes_match_one_device(one_device, tmp_path):
     assert p.returncode == 0, err[-3000:]
   assert "2 process(es), 2 device(s)" in errors[0]
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == list(range(1, 61))  # process 0 alone wrote them: no row twice
+  assert [r["step"] for r in rows] == list(range(1, 25))  # process 0 alone wrote them: no row twice
   np.testing.assert_allclose(_losses(rows), _losses(one_device), rtol=RTOL)
-  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [20, 40, 60]
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [8, 16, 24]
