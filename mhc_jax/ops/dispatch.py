@@ -15,7 +15,7 @@ The mesh is read from the abstract mesh in context (``jax.set_mesh``) or from x'
 not from the global device count. On a mesh every backend but ``"xla"`` runs under
 ``jax.shard_map`` over the token axis (XLA's partitioner would all-gather a custom call's
 sharded operands); ``"xla"`` is left to the partitioner. A stream on several devices with no
-mesh to read (e.g. a ``PositionalSharding``) gets ``"xla"`` from ``"auto"``.
+mesh to read (a sharding that is not a ``NamedSharding``) gets ``"xla"`` from ``"auto"``.
 
 Backends are imported on first use: importing :mod:`mhc_jax.ops` loads no Pallas, Triton
 or jax-triton module and compiles nothing. The C++ kernels are never compiled inside a

@@ -22,11 +22,19 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from mhc_jax.parallel.rules import MESH_AXES, batch_axes, batch_spec
 
 
+def check_shape(shape, owner: str = "") -> None:
+  """Refuses a mesh shape that is not one int per axis of ``MESH_AXES``, each >= 1 or -1 (once)."""
+  if (not isinstance(shape, tuple) or len(shape) != len(MESH_AXES) or shape.count(-1) > 1
+      or any(isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1) for v in shape)):
+    prefix = f"{owner}." if owner else ""
+    raise ValueError(f"{prefix}mesh={shape!r}: needs one size per axis {MESH_AXES}, each an int >= 1, "
+                     "at most one -1 (the devices left over)")
+
+
 def resolve_shape(shape, num_devices: int) -> tuple[int, ...]:
   """``shape`` (data, fsdp, tensor) with its -1 filled in from ``num_devices``; checks that it fits."""
   shape = tuple(shape)
-  if len(shape) != len(MESH_AXES) or any(s != -1 and s < 1 for s in shape) or shape.count(-1) > 1:
-    raise ValueError(f"mesh={shape}: needs one size per axis {MESH_AXES}, each >= 1, at most one -1")
+  check_shape(shape)
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if num_devices % known:

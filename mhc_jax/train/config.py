@@ -15,7 +15,7 @@ import pathlib
 import typing
 
 from mhc_jax.models import ModelConfig
-from mhc_jax.parallel import MESH_AXES, RULE_SETS
+from mhc_jax.parallel import RULE_SETS, check_shape
 from mhc_jax.validation import check_choice, check_int, check_number
 
 SCHEDULES = ("step", "cosine")
@@ -70,11 +70,7 @@ class TrainConfig:
       check_number(name, getattr(self, name), high=1.0, owner=owner)
     check_choice("schedule", self.schedule, SCHEDULES, owner=owner)
     check_choice("sharding", self.sharding, tuple(RULE_SETS), owner=owner)
-    mesh = self.mesh
-    if (not isinstance(mesh, tuple) or len(mesh) != len(MESH_AXES) or mesh.count(-1) > 1
-        or any(isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1) for v in mesh)):
-      raise ValueError(f"TrainConfig.mesh={mesh!r}: must be a tuple of {len(MESH_AXES)} sizes {MESH_AXES}, "
-                       "each an int >= 1, with at most one -1 (the devices left over)")
+    check_shape(self.mesh, owner=owner)
     for name in ("decay_fractions", "decay_factors"):
       if not isinstance(getattr(self, name), tuple):
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be a tuple")
