@@ -45,7 +45,7 @@ $(TRITON)/.installed: $(STAMP)
 	touch $@
 
 test: kernels $(TRITON)/.installed  ## run the test suite on the CPU (8 fake devices)
-	MHC_TRITON_PATH=$(abspath $(TRITON)) $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	MHC_TRITON_PATH=$(abspath $(TRITON)) $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 bench: $(STAMP)  ## Sinkhorn gradient-mode benchmark (time and memory, ratios vs autodiff)
 	$(BIN)/python experiments/bench_sinkhorn.py
