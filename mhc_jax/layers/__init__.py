@@ -1,6 +1,7 @@
 """Flax NNX modules: residual, HC and mHC connections around any sublayer, plus stream boundaries."""
 
 from mhc_jax.layers.connections import (
+    BRANCH_OUTPUT,
     CONNECTIONS,
     MHC_INITS,
     HCStatic,
@@ -12,6 +13,7 @@ from mhc_jax.layers.connections import (
 from mhc_jax.layers.streams import StreamHead, expand_streams, reduce_streams
 
 __all__ = [
+    "BRANCH_OUTPUT",
     "CONNECTIONS",
     "MHC_INITS",
     "HCStatic",

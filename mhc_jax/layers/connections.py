@@ -23,10 +23,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from mhc_jax import ops, validation
 
 MHC_INITS = ("paper", "identity")
+BRANCH_OUTPUT = "connection_branch"
+"""``jax.checkpoint`` name of every HC/mHC sublayer output ``y = F(u)`` (save it by this name)."""
 
 
 class HCStatic(nnx.Param):
@@ -69,7 +72,8 @@ class _StreamConnection(nnx.Module):
     if n == 1:
       return x_XxNxC + self.sublayer(x_XxNxC[..., 0, :], *args, **kwargs)[..., None, :].astype(x_XxNxC.dtype)
     u_XxC, ctx = self.pre(x_XxNxC)                  # u = H_pre x
-    y_XxC = self.sublayer(u_XxC, *args, **kwargs)   # y = F(u)
+    # y = F(u), named so that a recomputing caller keeps it whatever F's last op is.
+    y_XxC = checkpoint_name(self.sublayer(u_XxC, *args, **kwargs), BRANCH_OUTPUT)
     if self.capture_maps:
       self.h_pre, self.h_post, self.h_res = (nnx.Intermediate(m) for m in (ctx.h_pre, ctx.h_post, ctx.h_res))
     return ops.connection_post(y_XxC, ctx)          # x' = H_res x + H_post^T y

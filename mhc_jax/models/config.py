@@ -39,7 +39,13 @@ class ModelConfig:
   # Execution.
   dtype: str = "float32"  # activations and stream state; parameters are always fp32
   scan_layers: bool = True
-  remat: bool = False
+  remat: bool = False  # rematerialize each whole block (F included) in the backward
+  # mHC recomputation (docs/math.md §6): keep the stream state only at the start of every
+  # segment of L_r consecutive sublayers and rebuild the connections' activations (maps,
+  # Sinkhorn, pre and post) in the backward; the sublayers' matmul outputs are kept, so F's
+  # matmuls never run twice. 0 (or "off"): off; an even L_r (whole blocks); "auto": the
+  # L_r* = sqrt(n L / (n + 2)) that minimizes memory, rounded to whole blocks.
+  mhc_recompute: int | str = 0
 
   def __post_init__(self):
     owner = "ModelConfig"
@@ -56,9 +62,41 @@ class ModelConfig:
     if (self.d_model // self.num_heads) % 2:
       raise ValueError(f"ModelConfig.num_heads={self.num_heads}: head width d_model/num_heads="
                        f"{self.d_model // self.num_heads} must be even for RoPE")
+    self._check_recompute()
     if self.readout == "head" and self.connection == "residual":
       raise ValueError("ModelConfig.readout='head': a learned head needs streams; "
                        "use connection='hc' or 'mhc'")
+
+  def _check_recompute(self) -> None:
+    value = self.mhc_recompute
+    if isinstance(value, str) and (value == "off" or value.isdigit()):
+      object.__setattr__(self, "mhc_recompute", 0 if value == "off" else int(value))
+      value = self.mhc_recompute
+    if value != "auto":
+      check_int("mhc_recompute", value, 0, owner="ModelConfig")
+    if value and self.remat:
+      raise ValueError(f"ModelConfig.mhc_recompute={value!r} with remat=True: remat already "
+                       "recomputes whole blocks; choose one")
+    self.recompute_blocks(1)
+
+  def recompute_blocks(self, stages: int = 1) -> int:
+    """Blocks per recomputation segment (0: off) when the blocks are split into ``stages``
+    pipeline stages; a segment never crosses a stage. Raises if ``mhc_recompute`` does not fit."""
+    value = self.mhc_recompute
+    if not value:
+      return 0
+    per_stage = self.num_layers // stages
+    divisors = [k for k in range(1, per_stage + 1) if per_stage % k == 0]
+    if value == "auto":
+      n, sublayers = self.streams, 2 * self.num_layers
+      target = (n * sublayers / (n + 2)) ** 0.5 / 2  # in blocks of two sublayers
+      return min(divisors, key=lambda k: (abs(k - target), k))
+    if value % 2 or value // 2 not in divisors:
+      where = f"the {per_stage} blocks of each of {stages} pipeline stages" if stages > 1 else \
+          f"num_layers={self.num_layers} blocks"
+      raise ValueError(f"ModelConfig.mhc_recompute={value}: segments are whole blocks of 2 sublayers "
+                       f"that divide {where}; valid values: {[2 * k for k in divisors]} or 'auto'")
+    return value // 2
 
   @property
   def streams(self) -> int:

@@ -2,7 +2,8 @@
 
 Blocks are created stacked (one leading layer axis on every parameter) and applied with
 ``lax.scan`` (``scan_layers=True``) or an unrolled Python loop over the same parameters;
-both give the same numbers. ``remat=True`` wraps each block in ``jax.checkpoint``. Every
+both give the same numbers. ``remat=True`` wraps each block in ``jax.checkpoint``;
+``mhc_recompute`` checkpoints segments of blocks, keeping the matmul outputs. Every
 parameter carries logical axis names (``logical_axes`` metadata, :mod:`mhc_jax.parallel.rules`).
 """
 
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from mhc_jax.layers import StreamHead, expand_streams, make_connection, reduce_streams
+from mhc_jax.layers import BRANCH_OUTPUT, StreamHead, expand_streams, make_connection, reduce_streams
 from mhc_jax.models.config import ModelConfig
 
 
@@ -154,23 +155,50 @@ class TransformerLM(nnx.Module):
 
   def _apply_blocks(self, x, seq_len: int):
     graphdef, state = nnx.split(self.blocks)
-
-    def body(x, block_state):
-      block = nnx.merge(graphdef, block_state)
-      x = block(x, seq_len=seq_len)
-      return x, nnx.to_pure_dict(nnx.pop(block, nnx.Intermediate))
-
-    if self.cfg.remat:
-      body = jax.checkpoint(body)
-    if self.cfg.scan_layers:
-      x, maps = lax.scan(body, x, state)
-    else:
-      per_layer = []
-      for i in range(self.cfg.num_layers):
-        x, m = body(x, jax.tree.map(lambda a: a[i], state))
-        per_layer.append(m)
-      maps = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
+    x, maps = apply_blocks(graphdef, state, x, self.cfg, seq_len=seq_len)
     if jax.tree.leaves(maps):  # [layers, T, ...] -> [layers, B, L, ...]
       unflatten = lambda a: a.reshape(a.shape[:1] + (-1, seq_len) + a.shape[2:])
       self.connection_maps = nnx.Intermediate(jax.tree.map(unflatten, maps))
     return x
+
+
+RECOMPUTE_POLICY = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_saveable, jax.checkpoint_policies.save_only_these_names(BRANCH_OUTPUT))
+"""What a recomputation segment keeps besides its input: every matmul output and every sublayer
+output, so the sublayers' matmuls never run twice; the rest (the connections' maps, Sinkhorn,
+pre and post, and the sublayers' cheap norms and activations) is rebuilt in the backward."""
+
+
+def apply_blocks(graphdef, state, x, cfg: ModelConfig, *, seq_len: int, stages: int = 1):
+  """Applies the stacked blocks ``state`` (leading axis: blocks) to the stream state ``x`` in order.
+
+  Returns ``(x, maps)``, ``maps`` holding each block's captured connection maps stacked over
+  blocks. With ``cfg.mhc_recompute``, the blocks run in checkpointed segments of
+  ``cfg.recompute_blocks(stages)`` blocks (``stages``: pipeline stages, each applying its own
+  ``state``).
+  """
+  def body(x, block_state):
+    block = nnx.merge(graphdef, block_state)
+    x = block(x, seq_len=seq_len)
+    return x, nnx.to_pure_dict(nnx.pop(block, nnx.Intermediate))
+
+  def run(fn, x, stacked, scan=cfg.scan_layers):
+    if scan:
+      return lax.scan(fn, x, stacked)
+    per_layer = []
+    for i in range(jax.tree.leaves(stacked)[0].shape[0]):
+      x, m = fn(x, jax.tree.map(lambda a: a[i], stacked))
+      per_layer.append(m)
+    return x, jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
+
+  if cfg.remat:
+    body = jax.checkpoint(body)
+  k = cfg.recompute_blocks(stages)
+  if not k:
+    return run(body, x, state)
+  segments = jax.tree.map(lambda a: a.reshape((-1, k) + a.shape[1:]), state)
+  # A segment's blocks are unrolled: a scan inside the checkpoint would keep its carry (the
+  # stream state) at every step, which is what recomputation is meant to drop.
+  segment = jax.checkpoint(lambda x, s: run(body, x, s, scan=False), policy=RECOMPUTE_POLICY)
+  x, maps = run(segment, x, segments)
+  return x, jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), maps)

@@ -86,22 +86,27 @@ def _transposed(a):
   return lax.optimization_barrier(jnp.swapaxes(a, -1, -2))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def rms_projection(v_XxP, w_PxK, eps):
-  """``(v @ w) * rsqrt(mean(v^2, -1) + eps)`` -> ``[..., K]`` in the compute dtype."""
-  return _projection_fwd(v_XxP, w_PxK, eps)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def rms_projection(v_XxP, w_PxK, eps, flatten=1):
+  """``(v @ w) * rsqrt(mean(v^2, -1) + eps)`` -> ``[..., K]`` in the compute dtype.
+
+  The last ``flatten`` axes of ``v`` form the row of P values (mHC passes ``[T, N, C]`` with
+  ``flatten=2``): flattening inside keeps the saved input the caller's own array, not a
+  reshaped copy that a rematerializing caller would store a second time.
+  """
+  return _projection_fwd(v_XxP, w_PxK, eps, flatten)[0]
 
 
-def _projection_fwd(v_XxP, w_PxK, eps):
+def _projection_fwd(v_XxP, w_PxK, eps, flatten):
   cdt = validation.compute_dtype(v_XxP.dtype, w_PxK.dtype)
-  vf = v_XxP.astype(cdt)
+  vf = v_XxP.reshape(v_XxP.shape[:v_XxP.ndim - flatten] + (-1,)).astype(cdt)
   h_XxK = jnp.dot(vf, w_PxK.astype(cdt))
   inv_r_Xx1 = lax.rsqrt(jnp.mean(jnp.square(vf), axis=-1, keepdims=True) + eps)
   return h_XxK * inv_r_Xx1, (v_XxP, w_PxK, h_XxK, inv_r_Xx1)
 
 
-def _projection_bwd(eps, res, g_XxK):
-  del eps
+def _projection_bwd(eps, flatten, res, g_XxK):
+  del eps, flatten
   v_XxP, w_PxK, h_XxK, inv_r_Xx1 = res
   p, k = w_PxK.shape
   cdt = h_XxK.dtype

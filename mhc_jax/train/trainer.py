@@ -117,7 +117,7 @@ def _check_same_model(ckpt: Checkpointer, cfg: TrainConfig, workdir: pathlib.Pat
     return
   current = dataclasses.asdict(cfg.model)
   diff = {k: (saved_model.get(k), v) for k, v in current.items()
-          if k not in ("scan_layers", "remat", "implementation") and saved_model.get(k) != v}
+          if k not in ("scan_layers", "remat", "mhc_recompute", "implementation") and saved_model.get(k) != v}
   if diff:
     fields = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
     raise ValueError(f"{workdir} holds a checkpoint of a different model ({fields}); "

@@ -33,11 +33,11 @@ def test_causal_through_gradients(connection):
 
 
 @pytest.mark.parametrize("connection", CONNECTIONS)
-def test_scan_unrolled_and_remat_give_the_same_numbers(connection):
+def test_scan_unrolled_remat_and_recompute_give_the_same_numbers(connection):
   cfg = TINY.replace(connection=connection)
   tokens = _tokens()
   loss_a, grads_a = nnx.value_and_grad(_loss)(TransformerLM(cfg, rngs=nnx.Rngs(0)), tokens)
-  for change in (dict(scan_layers=False), dict(remat=True)):
+  for change in (dict(scan_layers=False), dict(remat=True), dict(mhc_recompute="auto")):
     loss_b, grads_b = nnx.value_and_grad(_loss)(TransformerLM(cfg.replace(**change), rngs=nnx.Rngs(0)), tokens)
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6, err_msg=str(change))
     for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b), strict=True):

@@ -41,10 +41,10 @@ def mhc_maps(x_TxNxC, phi_PxK, alpha_3, bias_K, cfg: MHCConfig, sinkhorn=None):
 
   ``sinkhorn(logits_TxNxN)``: another implementation of the Sinkhorn (the triton backend's).
   """
-  t, n, c = x_TxNxC.shape
+  t, n = x_TxNxC.shape[:2]
   cdt = compute_dtype(x_TxNxC.dtype, phi_PxK.dtype)
   scale_K = column_scales(alpha_3.astype(cdt), n)
-  logits = rms_projection(x_TxNxC.reshape(t, n * c), phi_PxK, cfg.rms_eps) * scale_K + bias_K.astype(cdt)
+  logits = rms_projection(x_TxNxC, phi_PxK, cfg.rms_eps, 2) * scale_K + bias_K.astype(cdt)
   h_pre = jax.nn.sigmoid(logits[:, :n]) + cfg.pre_eps
   h_post = cfg.post_mult * jax.nn.sigmoid(logits[:, n:2 * n])
   res_logits = logits[:, 2 * n:].reshape(t, n, n)
