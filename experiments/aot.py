@@ -61,7 +61,7 @@ def main(argv=None) -> int:
   if on_cpu:
     devices = jax.devices("cpu")
   try:
-    mesh = parallel.make_mesh(cfg.mesh, devices[:args.devices])
+    mesh = parallel.make_mesh(cfg.mesh, devices[:args.devices], stages=cfg.pipeline_stages)
   except ValueError as e:
     parser.error(str(e))
   where = f"{args.devices} fake CPU devices" if on_cpu else f"{args.devices} x {devices[0].device_kind}"

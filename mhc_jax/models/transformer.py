@@ -134,12 +134,14 @@ class TransformerLM(nnx.Module):
                                      kernel_init=nnx.initializers.normal(cfg.d_model ** -0.5), rngs=rngs),
                           "kernel", "embed", "vocab")
 
-  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+  def __call__(self, tokens_BxL: jax.Array, *, blocks=None) -> jax.Array:
+    """``blocks(graphdef, state, x, cfg, seq_len=...) -> (x, maps)`` applies the stacked blocks
+    (default :func:`apply_blocks`; a pipeline gives its own, :mod:`mhc_jax.parallel.pipeline`)."""
     if tokens_BxL.ndim != 2 or not jnp.issubdtype(tokens_BxL.dtype, jnp.integer):
       raise ValueError(f"tokens must be an int array [B, L], got {tokens_BxL.dtype}{list(tokens_BxL.shape)}")
-    return self.logits_from_embeddings(self.embed(tokens_BxL))
+    return self.logits_from_embeddings(self.embed(tokens_BxL), blocks=blocks)
 
-  def logits_from_embeddings(self, h_BxLxC: jax.Array) -> jax.Array:
+  def logits_from_embeddings(self, h_BxLxC: jax.Array, *, blocks=None) -> jax.Array:
     """Everything after the embedding lookup (useful for gradients w.r.t. the inputs)."""
     cfg = self.cfg
     b, length, c = h_BxLxC.shape
@@ -148,14 +150,14 @@ class TransformerLM(nnx.Module):
     x = h_BxLxC.reshape(b * length, c).astype(jnp.dtype(cfg.dtype))
     if cfg.connection != "residual":
       x = expand_streams(x, cfg.num_streams)
-    x = self._apply_blocks(x, length)
+    x = self._apply_blocks(x, length, blocks or apply_blocks)
     if cfg.connection != "residual":
       x = self.head(x) if self.head is not None else reduce_streams(x)
     return self.unembed(self.final_norm(x.astype(jnp.float32))).reshape(b, length, -1)
 
-  def _apply_blocks(self, x, seq_len: int):
+  def _apply_blocks(self, x, seq_len: int, blocks):
     graphdef, state = nnx.split(self.blocks)
-    x, maps = apply_blocks(graphdef, state, x, self.cfg, seq_len=seq_len)
+    x, maps = blocks(graphdef, state, x, self.cfg, seq_len=seq_len)
     if jax.tree.leaves(maps):  # [layers, T, ...] -> [layers, B, L, ...]
       unflatten = lambda a: a.reshape(a.shape[:1] + (-1, seq_len) + a.shape[2:])
       self.connection_maps = nnx.Intermediate(jax.tree.map(unflatten, maps))

@@ -9,8 +9,8 @@ docs/parallel.md explains where each array lives and why.
 
 from mhc_jax.parallel.mesh import (batch_sharding, check_shape, data_parallel_size, global_batch, initialize_distributed, make_mesh,
                                    process_rows, resolve_shape, state_shardings, with_shardings)
-from mhc_jax.parallel.rules import LOGICAL_AXES, MESH_AXES, RULE_SETS, batch_axes, batch_spec, param_shardings, spec
+from mhc_jax.parallel.rules import LOGICAL_AXES, MESH_AXES, RULE_SETS, STAGE_AXIS, batch_axes, batch_spec, param_shardings, spec
 
-__all__ = ["LOGICAL_AXES", "MESH_AXES", "RULE_SETS", "batch_axes", "batch_sharding", "batch_spec", "check_shape", "data_parallel_size", "global_batch",
+__all__ = ["LOGICAL_AXES", "MESH_AXES", "RULE_SETS", "STAGE_AXIS", "batch_axes", "batch_sharding", "batch_spec", "check_shape", "data_parallel_size", "global_batch",
            "initialize_distributed", "make_mesh", "param_shardings", "process_rows", "resolve_shape", "spec",
            "state_shardings", "with_shardings"]

@@ -1,9 +1,10 @@
 """The device mesh, the train state's shardings, global batches from per-process rows, and
 ``jax.distributed`` start-up.
 
-The mesh has the axes ``(data, fsdp, tensor)`` of ``rules.MESH_AXES``, with Auto axis types
-(XLA's partitioner places what the shardings leave open). One of its sizes may be -1: the
-devices left over. The same code runs on one process or many: JAX's multi-controller runtime
+The mesh has the axes ``(stage, data, fsdp, tensor)``: the pipeline stages (``rules.STAGE_AXIS``,
+size 1 without a pipeline) and ``rules.MESH_AXES``, with Auto axis types (XLA's partitioner
+places what the shardings leave open). The config gives the sizes of ``MESH_AXES``, one of which
+may be -1: the devices left over. The same code runs on one process or many: JAX's multi-controller runtime
 gives every process the same program, each process feeds its own rows of the batch, and
 ``jax.make_array_from_process_local_data`` joins them into one global array.
 """
@@ -19,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from mhc_jax.parallel.rules import MESH_AXES, batch_axes, batch_spec
+from mhc_jax.parallel.rules import MESH_AXES, STAGE_AXIS, batch_axes, batch_spec
 
 
 def check_shape(shape, owner: str = "") -> None:
@@ -31,35 +32,42 @@ def check_shape(shape, owner: str = "") -> None:
                      "at most one -1 (the devices left over)")
 
 
-def resolve_shape(shape, num_devices: int) -> tuple[int, ...]:
-  """``shape`` (data, fsdp, tensor) with its -1 filled in from ``num_devices``; checks that it fits."""
+def resolve_shape(shape, num_devices: int, stages: int = 1) -> tuple[int, ...]:
+  """``shape`` (data, fsdp, tensor) with its -1 filled in from the ``num_devices / stages`` devices
+  of one pipeline stage; checks that it fits."""
   shape = tuple(shape)
   check_shape(shape)
+  if num_devices % stages:
+    raise ValueError(f"{stages} pipeline stages do not split the {num_devices} devices evenly")
+  per_stage = num_devices // stages
+  where = f"{num_devices} devices" if stages == 1 else f"{per_stage} devices per stage ({stages} stages)"
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
-    if num_devices % known:
-      raise ValueError(f"mesh={shape}: {num_devices} devices do not split into {known} x the rest")
-    shape = tuple(num_devices // known if s == -1 else s for s in shape)
-  if math.prod(shape) > num_devices:
+    if per_stage % known:
+      raise ValueError(f"mesh={shape}: {where} do not split into {known} x the rest")
+    shape = tuple(per_stage // known if s == -1 else s for s in shape)
+  if math.prod(shape) > per_stage:
     raise ValueError(f"mesh={shape} (data, fsdp, tensor) needs {math.prod(shape)} devices; there are "
-                     f"{num_devices} (set --config.mesh, e.g. '(-1, 1, 1)' for data parallel over all)")
+                     f"{where} (set --config.mesh, e.g. '(-1, 1, 1)' for data parallel over all)")
   return shape
 
 
-def make_mesh(shape=(-1, 1, 1), devices=None) -> Mesh:
-  """A (data, fsdp, tensor) mesh over ``devices`` (default: every device of every process).
+def make_mesh(shape=(-1, 1, 1), devices=None, stages: int = 1) -> Mesh:
+  """A (stage, data, fsdp, tensor) mesh over ``devices`` (default: every device of every process),
+  ``shape`` giving the sizes of (data, fsdp, tensor) within each of the ``stages`` pipeline stages.
 
   A single process may use fewer devices than it has (the first ones), e.g. ``(1, 1, 1)``;
   several processes must use all of theirs.
   """
   devices = jax.devices() if devices is None else list(devices)
-  shape = resolve_shape(shape, len(devices))
+  shape = (stages,) + resolve_shape(shape, len(devices), stages)
   if math.prod(shape) < len(devices):
     if jax.process_count() > 1:
       raise ValueError(f"mesh={shape} leaves devices out: with {jax.process_count()} processes the "
                        f"mesh must cover all {len(devices)} devices")
     devices = devices[:math.prod(shape)]
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+  axes = (STAGE_AXIS,) + MESH_AXES
+  return jax.make_mesh(shape, axes, axis_types=(AxisType.Auto,) * len(axes), devices=devices)
 
 
 def state_shardings(abstract_state: dict, param_shardings: dict, tx: optax.GradientTransformation,

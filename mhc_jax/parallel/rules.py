@@ -3,7 +3,7 @@
 Every parameter of the model carries logical axis names as nnx metadata
 (``variable.get_metadata()["logical_axes"]``, one name or None per array axis):
 
-  layers         the stacked-blocks axis (replicated; a pipeline would place it)
+  layers         the stacked-blocks axis (split over the pipeline stages)
   vocab          the vocabulary (embedding rows, unembedding columns)
   embed          d_model, the width C of one stream
   stream_embed   the N*C rows of mHC's phi and the stream head's phi (N streams of width C)
@@ -15,8 +15,9 @@ Every parameter of the model carries logical axis names as nnx metadata
 
 A rule set is a tuple of ``(logical name, mesh axis or tuple of mesh axes)``, MaxText-style;
 names not listed are replicated. ``batch`` names the global batch's rows: the data-parallel
-axes. The mesh axes are ``MESH_AXES`` = (data, fsdp, tensor); an axis of size 1 shards
-nothing, so every rule set runs on every mesh.
+axes. The mesh axes are ``STAGE_AXIS`` (pipeline stages) followed by ``MESH_AXES`` = (data,
+fsdp, tensor); an axis of size 1 shards nothing, so every rule set runs on every mesh. Every
+rule set puts the blocks' ``layers`` axis on the stages: each stage holds its own blocks.
 """
 
 from __future__ import annotations
@@ -25,20 +26,22 @@ import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+STAGE_AXIS = "stage"
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = ("layers", "vocab", "embed", "stream_embed", "coefficients", "heads", "mlp", "norm")
 METADATA_KEY = "logical_axes"
 
 _BATCH = ("batch", ("data", "fsdp"))
+_STAGES = ("layers", STAGE_AXIS)
 RULE_SETS = {
     # Data parallel: parameters and optimizer state replicated, the batch split.
-    "dp": (_BATCH,),
+    "dp": (_BATCH, _STAGES),
     # Fully sharded data parallel: parameters, gradients and optimizer state split over fsdp on
     # their d_model axis (all-gathered for use), the batch split over data and fsdp.
-    "fsdp": (_BATCH, ("embed", "fsdp"), ("stream_embed", "fsdp")),
+    "fsdp": (_BATCH, _STAGES, ("embed", "fsdp"), ("stream_embed", "fsdp")),
     # FSDP plus Megatron-style tensor parallelism: attention heads, the MLP's hidden width and
     # the vocabulary split over tensor.
-    "fsdp_tp": (_BATCH, ("embed", "fsdp"), ("stream_embed", "fsdp"), ("heads", "tensor"),
+    "fsdp_tp": (_BATCH, _STAGES, ("embed", "fsdp"), ("stream_embed", "fsdp"), ("heads", "tensor"),
                 ("mlp", "tensor"), ("vocab", "tensor")),
 }
 

@@ -16,6 +16,7 @@ import typing
 
 from mhc_jax.models import ModelConfig
 from mhc_jax.parallel import RULE_SETS, check_shape
+from mhc_jax.parallel.pipeline import check_pipeline
 from mhc_jax.validation import check_choice, check_int, check_number
 
 SCHEDULES = ("step", "cosine")
@@ -53,13 +54,18 @@ class TrainConfig:
   # (mhc_jax.parallel.rules). The default is data parallel over every device.
   mesh: tuple[int, ...] = (-1, 1, 1)
   sharding: str = "fsdp_tp"
+  # Pipeline parallelism (mhc_jax.parallel.pipeline): the blocks split into this many GPipe stages
+  # on the mesh's stage axis, each stage a (data, fsdp, tensor) mesh of the devices / stages; the
+  # batch runs through them in pipeline_microbatches microbatches. 1 stage: no pipeline.
+  pipeline_stages: int = 1
+  pipeline_microbatches: int = 1
 
   def __post_init__(self):
     owner = "TrainConfig"
     if not isinstance(self.model, ModelConfig):
       raise ValueError(f"TrainConfig.model={self.model!r}: must be a ModelConfig")
     for name in ("seq_len", "batch_size", "train_steps", "log_every", "eval_every", "eval_batches",
-                 "checkpoint_every", "keep_checkpoints"):
+                 "checkpoint_every", "keep_checkpoints", "pipeline_stages", "pipeline_microbatches"):
       check_int(name, getattr(self, name), 1, owner=owner)
     for name in ("warmup_steps", "seed"):
       check_int(name, getattr(self, name), 0, owner=owner)
@@ -71,6 +77,7 @@ class TrainConfig:
     check_choice("schedule", self.schedule, SCHEDULES, owner=owner)
     check_choice("sharding", self.sharding, tuple(RULE_SETS), owner=owner)
     check_shape(self.mesh, owner=owner)
+    check_pipeline(self.model, self.pipeline_stages, self.pipeline_microbatches, self.batch_size, owner=owner)
     for name in ("decay_fractions", "decay_factors"):
       if not isinstance(getattr(self, name), tuple):
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be a tuple")

@@ -57,7 +57,8 @@ def compile_train_step(cfg: TrainConfig, mesh):
     rules = parallel.RULE_SETS[cfg.sharding]
     batch = jax.ShapeDtypeStruct((cfg.batch_size, cfg.seq_len + 1), jnp.int32,
                                  sharding=parallel.batch_sharding(mesh, rules, cfg.batch_size))
-    compiled = trainer.make_train_step(graphdef, tx, shardings).lower(state, batch).compile()
+    step = trainer.make_train_step(graphdef, tx, shardings, trainer.model_blocks(cfg))
+    compiled = step.lower(state, batch).compile()
   return compiled, state, batch
 
 

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from mhc_jax import ops, parallel
 from mhc_jax.models import TransformerLM
+from mhc_jax.parallel import pipeline
 from mhc_jax.train import data as data_lib
 from mhc_jax.train import plots
 from mhc_jax.train.checkpoint import Checkpointer
@@ -45,9 +46,10 @@ class TrainingDiverged(RuntimeError):
   """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
-def next_token_loss(graphdef, params, batch_BxLp1):
-  """Mean cross-entropy (nats) of predicting byte t+1 from bytes <= t."""
-  logits = nnx.merge(graphdef, params)(batch_BxLp1[:, :-1])
+def next_token_loss(graphdef, params, batch_BxLp1, blocks=None):
+  """Mean cross-entropy (nats) of predicting byte t+1 from bytes <= t (``blocks``: how the model
+  applies its blocks, e.g. a pipeline's; see ``model_blocks``)."""
+  logits = nnx.merge(graphdef, params)(batch_BxLp1[:, :-1], blocks=blocks)
   return optax.softmax_cross_entropy_with_integer_labels(logits, batch_BxLp1[:, 1:]).mean()
 
 
@@ -77,12 +79,20 @@ def init_state(cfg: TrainConfig, tx: optax.GradientTransformation, mesh=None):
   return graphdef, state, shardings
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, shardings=None):
+def model_blocks(cfg: TrainConfig):
+  """How the model applies its blocks in this run: a GPipe pipeline over the mesh's stage axis
+  with ``cfg.pipeline_stages > 1``, else None (in order, on every device)."""
+  if cfg.pipeline_stages == 1:
+    return None
+  return pipeline.pipelined_blocks(cfg.pipeline_stages, cfg.pipeline_microbatches)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, shardings=None, blocks=None):
   """One optimizer step; the old state's buffers are donated to the new one, which keeps
   ``shardings`` (the state's, from ``init_state``)."""
 
   def step(state, batch):
-    loss, grads = jax.value_and_grad(lambda p: next_token_loss(graphdef, p, batch))(state["params"])
+    loss, grads = jax.value_and_grad(lambda p: next_token_loss(graphdef, p, batch, blocks))(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -91,8 +101,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, shardings=None):
   return jax.jit(step, donate_argnums=0, out_shardings=None if shardings is None else (shardings, None))
 
 
-def make_eval_step(graphdef):
-  return jax.jit(lambda params, batch: next_token_loss(graphdef, params, batch))
+def make_eval_step(graphdef, blocks=None):
+  return jax.jit(lambda params, batch: next_token_loss(graphdef, params, batch, blocks))
 
 
 def evaluate(eval_step, params, batches) -> dict:
@@ -133,12 +143,14 @@ def on_mesh(cfg: TrainConfig, mesh):
 
 
 def make_run_mesh(cfg: TrainConfig):
-  """The run's mesh over every device of every process; checks that the batch splits over it."""
-  mesh = parallel.make_mesh(cfg.mesh)
+  """The run's mesh over every device of every process; checks that the batch (and each
+  pipeline microbatch) splits over it."""
+  mesh = parallel.make_mesh(cfg.mesh, stages=cfg.pipeline_stages)
   ways = parallel.data_parallel_size(mesh, parallel.RULE_SETS[cfg.sharding])
   if cfg.batch_size % ways:
     raise ValueError(f"TrainConfig.batch_size={cfg.batch_size}: must split evenly over the {ways} "
                      f"data-parallel devices of mesh {dict(zip(mesh.axis_names, mesh.axis_sizes))}")
+  pipeline.check_pipeline(cfg.model, cfg.pipeline_stages, cfg.pipeline_microbatches, cfg.batch_size, ways)
   return mesh
 
 
@@ -185,8 +197,9 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, data: data_lib.TextData, mes
   if primary:
     (workdir / "config.json").write_text(cfg.to_json())
 
-  train_step = make_train_step(graphdef, tx, shardings)
-  eval_step = make_eval_step(graphdef)
+  blocks = model_blocks(cfg)
+  train_step = make_train_step(graphdef, tx, shardings, blocks)
+  eval_step = make_eval_step(graphdef, blocks)
   tokens_per_step = cfg.batch_size * cfg.seq_len
   bar = tqdm(total=cfg.train_steps, initial=start, disable=not (progress and primary), unit="step",
              dynamic_ncols=True, mininterval=1.0)
@@ -300,4 +313,4 @@ def load_for_inference(workdir: str | pathlib.Path):
 
 
 __all__ = ["TrainingDiverged", "abstract_state", "evaluate", "init_state", "load_for_inference", "make_eval_step",
-           "make_run_mesh", "make_train_step", "next_token_loss", "train"]
+           "make_run_mesh", "make_train_step", "model_blocks", "next_token_loss", "train"]

@@ -13,7 +13,8 @@ from mhc_jax.train.presets import tiny_cpu
 
 def test_minus_one_takes_the_devices_left_over():
   assert parallel.resolve_shape((-1, 2, 1), 8) == (4, 2, 1)
-  assert parallel.make_mesh((2, -1, 2)).axis_sizes == (2, 2, 2)
+  assert parallel.make_mesh((2, -1, 2)).axis_sizes == (1, 2, 2, 2)  # (stage, data, fsdp, tensor)
+  assert parallel.make_mesh((-1, 1, 1), stages=2).axis_sizes == (2, 4, 1, 1)
   assert parallel.make_mesh((1, 1, 1)).size == 1  # one process may use fewer devices than it has
 
 
@@ -36,7 +37,7 @@ def test_every_parameter_has_logical_axes_and_the_rules_place_them():
       names = parallel.rules.logical_axes(variable)
       assert len(names) <= variable.ndim and set(names) <= set(parallel.LOGICAL_AXES) | {None}
   rules = parallel.RULE_SETS["fsdp_tp"]
-  assert parallel.spec(("layers", "embed", "mlp"), rules) == P(None, "fsdp", "tensor")
+  assert parallel.spec(("layers", "embed", "mlp"), rules) == P("stage", "fsdp", "tensor")
   assert parallel.spec(("stream_embed", "coefficients"), rules, shape=(2, 256, 24)) == P(None, "fsdp", None)
 
 

@@ -6,6 +6,7 @@ Its per-step train losses must agree to 1e-4 relative with:
     kernels per shard), which must also learn and write its plots;
   * configs/tiny_fsdp_tp_cpu.py (data 2 x fsdp 2 x tensor 2);
   * that run's step-16 checkpoint, saved on 8 devices and resumed on one;
+  * configs/tiny_pipeline_cpu.py (2 pipeline stages x data 4), which also resumes bit-exactly;
   * tiny_cpu as 2 processes on 127.0.0.1 (jax.distributed, CPU collectives), one device each.
 """
 
@@ -33,6 +34,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHORT = dict(train_steps=24, log_every=1, eval_every=8, checkpoint_every=8)
 TINY = config_lib.load_config_file(ROOT / "configs/tiny_cpu.py").replace(**SHORT)
 FSDP_TP = config_lib.load_config_file(ROOT / "configs/tiny_fsdp_tp_cpu.py").replace(**SHORT)
+PIPELINE = config_lib.load_config_file(ROOT / "configs/tiny_pipeline_cpu.py").replace(**SHORT)
 ONE_DEVICE = TINY.replace(mesh=(1, 1, 1))
 RTOL = 1e-4
 
@@ -52,6 +54,12 @@ def fsdp_tp(tmp_path_factory):
   return workdir, trainer.train(FSDP_TP, workdir, progress=False)
 
 
+@pytest.fixture(scope="module")
+def pipelined(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("pipeline")
+  return workdir, trainer.train(PIPELINE, workdir, progress=False)
+
+
 def test_the_state_is_created_sharded():
   """Every parameter and Adam moment lives in shards of the size its rule gives, never whole."""
   tx = make_optimizer(FSDP_TP)
@@ -59,11 +67,13 @@ def test_the_state_is_created_sharded():
   _, state, shardings = trainer.init_state(FSDP_TP, tx, mesh)
   params = state["params"]
   mu = state["opt_state"][1][0].mu
-  expected = {  # d_model (embed) over fsdp; heads, mlp and vocab over tensor; the layer axis whole
-      ("blocks", "attn", "sublayer", "qkv", "kernel"): P(None, "fsdp", "tensor"),
-      ("blocks", "mlp", "sublayer", "down", "kernel"): P(None, "tensor", "fsdp"),
-      ("blocks", "attn", "phi"): P(None, "fsdp", None),
-      ("blocks", "attn", "bias"): P(None, None),
+  # d_model (embed) over fsdp; heads, mlp and vocab over tensor; the layer axis over the stages
+  # (one here, so whole)
+  expected = {
+      ("blocks", "attn", "sublayer", "qkv", "kernel"): P("stage", "fsdp", "tensor"),
+      ("blocks", "mlp", "sublayer", "down", "kernel"): P("stage", "tensor", "fsdp"),
+      ("blocks", "attn", "phi"): P("stage", "fsdp", None),
+      ("blocks", "attn", "bias"): P("stage", None),
       ("embed", "embedding"): P("tensor", "fsdp"),
       ("unembed", "kernel"): P("fsdp", "tensor"),
   }
@@ -109,6 +119,27 @@ def test_saved_on_8_devices_resumed_on_one(one_device, fsdp_tp, tmp_path):
   rows = trainer.train(ONE_DEVICE, workdir, progress=False)
   assert [r["step"] for r in rows] == list(range(1, 25))
   np.testing.assert_allclose(_losses(rows, after=16), _losses(one_device, after=16), rtol=RTOL)
+
+
+def test_pipeline_matches_one_device_and_resumes_bit_exactly(one_device, pipelined, tmp_path):
+  workdir, rows = pipelined
+  assert len(rows) == 24
+  np.testing.assert_allclose(_losses(rows), _losses(one_device), rtol=RTOL)
+  val = [r["val_loss"] for r in rows if "val_loss" in r]
+  np.testing.assert_allclose(val, [r["val_loss"] for r in one_device if "val_loss" in r], rtol=RTOL)
+  # Each stage holds its own block: the stacked parameters are split over the stage axis.
+  mesh = trainer.make_run_mesh(PIPELINE)
+  assert dict(zip(mesh.axis_names, mesh.axis_sizes)) == {"stage": 2, "data": 4, "fsdp": 1, "tensor": 1}
+  _, state, _ = trainer.init_state(PIPELINE, make_optimizer(PIPELINE), mesh)
+  qkv = state["params"]["blocks"]["attn"]["sublayer"]["qkv"]["kernel"]
+  assert qkv.sharding.spec[0] == "stage" and qkv.addressable_shards[0].data.shape[0] == 1
+  # Resumed from its step-16 checkpoint, the pipeline gives the very same numbers.
+  shutil.copytree(workdir, tmp_path / "resumed")
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "24")
+  resumed = trainer.train(PIPELINE, tmp_path / "resumed", progress=False)
+  assert [r["step"] for r in resumed] == list(range(1, 25))
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in rs if r["step"] > 16]
+  assert strip(resumed) == strip(rows)
 
 
 def _free_port() -> int:
