@@ -1,7 +1,9 @@
-"""Sharded training: the (data, fsdp, tensor) mesh, logical-axis rule sets, and multi-process set-up.
+"""Sharded training: the (stage, data, fsdp, tensor) mesh, logical-axis rule sets, pipeline stages,
+and multi-process set-up.
 
-  rules    logical axis names of the parameters and the DP / FSDP / FSDP+TP rule sets
-  mesh     the mesh, the train state's shardings, global batches, ``jax.distributed``
+  rules     logical axis names of the parameters and the DP / FSDP / FSDP+TP rule sets
+  mesh      the mesh, the train state's shardings, global batches, ``jax.distributed``
+  pipeline  GPipe over the stage axis, carrying the [tokens, N, C] stream between stages
 
 The stream ops place their own kernels per shard (:mod:`mhc_jax.ops.sharding`);
 docs/parallel.md explains where each array lives and why.

@@ -68,6 +68,11 @@ def gpipe(graphdef, state, x, cfg: ModelConfig, *, seq_len: int, stages: int, mi
   """Applies the stacked blocks ``state`` (leading axis: blocks, split over ``stage``) to the
   stream ``x`` (``[T, ...]``, ``T = B * seq_len`` tokens, sequence-major). Returns ``(x, {})``."""
   s, m = stages, microbatches
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or dict(zip(mesh.axis_names, mesh.axis_sizes)).get(STAGE_AXIS) != s:
+    raise ValueError(f"a {s}-stage pipeline runs on a mesh with a {STAGE_AXIS!r} axis of size {s} in context "
+                     f"(jax.set_mesh(mhc_jax.parallel.make_mesh(..., stages={s}))); the context mesh is "
+                     f"{dict(zip(mesh.axis_names, mesh.axis_sizes)) if not mesh.empty else 'none'}")
   t = x.shape[0]
   rows = t // seq_len
   if rows % m:

@@ -48,6 +48,13 @@ def test_four_stages_equal_the_sequential_model():
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+def test_a_pipeline_without_its_mesh_says_so():
+  graphdef, params = nnx.split(TransformerLM(CFG, rngs=nnx.Rngs(0)))
+  tokens = jax.random.randint(jax.random.key(1), (16, 17), 0, CFG.vocab_size)
+  with pytest.raises(ValueError, match=r"a 4-stage pipeline runs on a mesh with a 'stage' axis of size 4"):
+    nnx.merge(graphdef, params)(tokens, blocks=pipeline.pipelined_blocks(STAGES, MICROBATCHES))
+
+
 def test_bubble_fraction():
   assert pipeline.bubble_fraction(1, 1) == 0
   assert pipeline.bubble_fraction(2, 2) == 1 / 3
