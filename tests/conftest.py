@@ -42,9 +42,10 @@ def pytest_unconfigure(config):
 # as it finishes one (--dist loadfile --no-loadscope-reorder). The run ends when the last file
 # does, so the files that take minutes go first (longest first: the two workers then end within
 # seconds of each other). Measured on 2 cores; the files not named here follow in their own order.
-LONGEST_FIRST = ("ops/test_kernels.py", "models/test_transformer.py", "train/test_sharded_training.py",
-                 "ops/test_sharding.py", "train/test_trainer.py", "ops/test_sinkhorn.py",
-                 "test_gpu_check.py", "ops/test_mhc.py")
+LONGEST_FIRST = ("ops/test_kernels.py", "train/test_sharded_training.py", "models/test_transformer.py",
+                 "ops/test_sharding.py", "ops/test_aot.py", "train/test_trainer.py", "test_gpu_check.py",
+                 "ops/test_sinkhorn.py", "ops/test_mhc.py", "models/test_recompute.py",
+                 "parallel/test_pipeline.py")
 _TESTS = pathlib.Path(__file__).parent
 
 

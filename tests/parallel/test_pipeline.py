@@ -15,7 +15,8 @@ from mhc_jax.train.presets import tiny_cpu
 
 # Eight blocks, two per stage; recomputation in segments that stay within a stage.
 CFG = ModelConfig(vocab_size=64, num_layers=8, d_model=32, num_heads=2, num_streams=4)
-STAGES, MICROBATCHES, DATA = 4, 8, 2
+# Within each stage, FSDP over 2 devices (tiny_pipeline_cpu covers data parallelism).
+STAGES, MICROBATCHES, WITHIN_STAGE = 4, 8, (1, 2, 1)
 
 
 def _value_and_grad(cfg, params, graphdef, tokens, blocks=None):
@@ -35,14 +36,16 @@ def test_four_stages_equal_the_sequential_model():
   piped = CFG.replace(mhc_recompute="auto")
   assert piped.recompute_blocks(STAGES) == 2  # a segment is a whole stage here
   graphdef_r, _ = nnx.split(nnx.eval_shape(lambda: TransformerLM(piped, rngs=nnx.Rngs(0))))
-  mesh = parallel.make_mesh((DATA, 1, 1), stages=STAGES)
+  mesh = parallel.make_mesh(WITHIN_STAGE, stages=STAGES)
   abstract = nnx.state(nnx.eval_shape(lambda: TransformerLM(piped, rngs=nnx.Rngs(0))))
   shardings = parallel.param_shardings(abstract, parallel.RULE_SETS["fsdp"], mesh)
   with jax.set_mesh(mesh), ops.stream_axes(("data", "fsdp")):
     sharded = jax.device_put(params, shardings)
     loss_p, grads_p = _value_and_grad(piped, sharded, graphdef_r, tokens,
                                       pipeline.pipelined_blocks(STAGES, MICROBATCHES))
-  assert sharded["blocks"]["mlp"]["phi"].addressable_shards[0].data.shape[0] == CFG.num_layers // STAGES
+  # Each device holds its stage's 2 blocks, and half of each block's d_model rows.
+  phi = sharded["blocks"]["mlp"]["phi"]
+  assert phi.addressable_shards[0].data.shape == (CFG.num_layers // STAGES, phi.shape[1] // 2, phi.shape[2])
   np.testing.assert_allclose(loss_p, loss, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_p), strict=True):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
