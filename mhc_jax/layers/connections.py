@@ -26,8 +26,10 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from mhc_jax import ops, validation
+from mhc_jax.ops.lite import check_streams as check_lite_streams
 
 MHC_INITS = ("paper", "identity")
+RES_PROJECTIONS = ("sinkhorn", "permutations")
 BRANCH_OUTPUT = "connection_branch"
 """``jax.checkpoint`` name of every HC/mHC sublayer output ``y = F(u)`` (save it by this name)."""
 
@@ -109,30 +111,44 @@ class HyperConnection(_StreamConnection):
 
 
 class ManifoldHyperConnection(_StreamConnection):
-  """mHC (docs/math.md §2): H_res doubly stochastic via Sinkhorn, H_pre and H_post non-negative.
+  """mHC (docs/math.md §2): H_res doubly stochastic, H_pre and H_post non-negative.
+
+  ``res_projection`` picks how H_res reaches the doubly stochastic matrices:
+    * ``"sinkhorn"``: Sinkhorn-Knopp on N*N logits (the paper's mHC);
+    * ``"permutations"``: mHC-lite (docs/math.md §9), a softmax mixture of the N! permutation
+      matrices, exact with no iterations; N <= 5 (``ops.lite.MAX_STREAMS``). The Sinkhorn
+      arguments are then unused.
 
   Init presets:
     * ``"paper"``: bias = 0, alpha = ``alpha_init`` (0.01), phi ~ N(0, 1/(N*C)). Within O(alpha)
       of a Pre-Norm residual; the random phi breaks the symmetry between the identical
       streams (with phi = 0 it is exactly a Pre-Norm residual, and stays one).
     * ``"identity"``: as "paper", plus a diagonal res bias (H_res ~ I) and a one-hot pre bias
-      reading stream ``layer_index mod N`` (``identity_logit`` sets how sharp both are).
+      reading stream ``layer_index mod N`` (``identity_logit`` sets how sharp both are; with
+      ``"permutations"`` the res bias is ``identity_logit`` on the identity permutation).
   """
 
   def __init__(self, sublayer: Callable, *, num_streams: int, features: int, layer_index=0,
                num_iters: int = 20, sinkhorn_grad: str = "exact", sinkhorn_eps: float = 1e-6,
                init: str = "paper", alpha_init: float = 0.01, identity_logit: float = 6.0,
-               implementation: str = "auto", capture_maps: bool = False, rngs: nnx.Rngs):
+               res_projection: str = "sinkhorn", implementation: str = "auto",
+               capture_maps: bool = False, rngs: nnx.Rngs):
     super().__init__(sublayer, num_streams, features, implementation, capture_maps)
     validation.check_int("num_iters", num_iters, 1)
     validation.check_choice("sinkhorn_grad", sinkhorn_grad, ops.GRAD_MODES)
     validation.check_choice("init", init, MHC_INITS)
+    validation.check_choice("res_projection", res_projection, RES_PROJECTIONS)
+    lite = res_projection == "permutations"
+    if lite:
+      check_lite_streams(num_streams)
     self.num_iters = num_iters
     self.sinkhorn_grad = sinkhorn_grad
     self.sinkhorn_eps = sinkhorn_eps
+    self.res_projection = res_projection
     if num_streams == 1:
       return
-    n, k = num_streams, ops.num_coefficients(num_streams)
+    n = num_streams
+    k = ops.num_lite_coefficients(n) if lite else ops.num_coefficients(n)
     std = (n * features) ** -0.5
     self.phi = nnx.Param(std * jax.random.normal(rngs.params(), (n * features, k), jnp.float32),
                          logical_axes=("stream_embed", "coefficients"))
@@ -141,11 +157,17 @@ class ManifoldHyperConnection(_StreamConnection):
     if init == "identity":
       one_hot = jax.nn.one_hot(jnp.asarray(layer_index) % n, n, dtype=jnp.float32)
       pre = identity_logit * (2.0 * one_hot - 1.0)
-      res = identity_logit * jnp.eye(n, dtype=jnp.float32).reshape(-1)
+      if lite:  # permutation 0 is the identity
+        res = identity_logit * jax.nn.one_hot(0, k - 2 * n, dtype=jnp.float32)
+      else:
+        res = identity_logit * jnp.eye(n, dtype=jnp.float32).reshape(-1)
       bias = bias.at[:n].set(pre).at[2 * n:].set(res)
     self.bias = nnx.Param(bias, logical_axes=("coefficients",))
 
   def pre(self, x_XxNxC):
+    if self.res_projection == "permutations":
+      return ops.mhc_lite_connection_pre(x_XxNxC, self.phi[...], self.alpha[...], self.bias[...],
+                                         implementation=self.implementation)
     return ops.mhc_connection_pre(
         x_XxNxC, self.phi[...], self.alpha[...], self.bias[...], num_iters=self.num_iters,
         sinkhorn_eps=self.sinkhorn_eps, sinkhorn_grad=self.sinkhorn_grad,

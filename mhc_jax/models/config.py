@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from mhc_jax.layers import CONNECTIONS, MHC_INITS
+from mhc_jax.layers import CONNECTIONS, MHC_INITS, RES_PROJECTIONS
+from mhc_jax.ops.lite import check_streams as check_lite_streams
 from mhc_jax.ops import GRAD_MODES, IMPLEMENTATIONS
 from mhc_jax.validation import check_choice, check_int, check_number
 
@@ -33,6 +34,9 @@ class ModelConfig:
   sinkhorn_grad: str = "exact"  # "exact" | "autodiff" | "implicit"
   mhc_init: str = "paper"  # "paper" | "identity"
   mhc_alpha_init: float = 0.01
+  # How mHC makes H_res doubly stochastic: "sinkhorn" (the paper) | "permutations" (mHC-lite,
+  # docs/math.md §9: a softmax mixture of the num_streams! permutation matrices; num_streams <= 5).
+  mhc_res_projection: str = "sinkhorn"
   hc_dynamic: bool = True
   readout: str = "sum"  # how streams become one at the output: "sum" | "head"
   implementation: str = "auto"
@@ -54,7 +58,8 @@ class ModelConfig:
     check_int("mlp_dim", self.mlp_dim, 0, owner=owner)  # 0 picks the SwiGLU default
     check_number("rope_theta", self.rope_theta, low_open=True, owner=owner)
     for name, choices in (("connection", CONNECTIONS), ("sinkhorn_grad", GRAD_MODES),
-                          ("mhc_init", MHC_INITS), ("readout", READOUTS),
+                          ("mhc_init", MHC_INITS), ("mhc_res_projection", RES_PROJECTIONS),
+                          ("readout", READOUTS),
                           ("implementation", IMPLEMENTATIONS), ("dtype", DTYPES)):
       check_choice(name, getattr(self, name), choices, owner=owner)
     if self.d_model % self.num_heads:
@@ -62,6 +67,8 @@ class ModelConfig:
     if (self.d_model // self.num_heads) % 2:
       raise ValueError(f"ModelConfig.num_heads={self.num_heads}: head width d_model/num_heads="
                        f"{self.d_model // self.num_heads} must be even for RoPE")
+    if self.connection == "mhc" and self.mhc_res_projection == "permutations":
+      check_lite_streams(self.num_streams, "ModelConfig.num_streams (mhc_res_projection='permutations')")
     self._check_recompute()
     if self.readout == "head" and self.connection == "residual":
       raise ValueError("ModelConfig.readout='head': a learned head needs streams; "

@@ -89,7 +89,7 @@ class Block(nnx.Module):
     if cfg.connection == "mhc":
       kwargs = dict(num_iters=cfg.sinkhorn_iters, sinkhorn_grad=cfg.sinkhorn_grad,
                     init=cfg.mhc_init, alpha_init=cfg.mhc_alpha_init,
-                    implementation=cfg.implementation)
+                    res_projection=cfg.mhc_res_projection, implementation=cfg.implementation)
     elif cfg.connection == "hc":
       kwargs = dict(dynamic=cfg.hc_dynamic, implementation=cfg.implementation)
     common = dict(num_streams=cfg.num_streams, features=cfg.d_model, rngs=rngs, **kwargs)
