@@ -125,9 +125,13 @@ def _check_same_model(ckpt: Checkpointer, cfg: TrainConfig, workdir: pathlib.Pat
     return
   if not saved_model:
     return
-  current = dataclasses.asdict(cfg.model)
-  diff = {k: (saved_model.get(k), v) for k, v in current.items()
-          if k not in ("scan_layers", "remat", "mhc_recompute", "implementation") and saved_model.get(k) != v}
+  as_json = lambda d: json.loads(json.dumps(d))  # tuples as the lists JSON keeps
+  current = as_json(dataclasses.asdict(cfg.model))
+  # A field newer than the checkpoint was saved with its default.
+  defaults = as_json({f.name: f.default for f in dataclasses.fields(cfg.model)})
+  saved_model = {k: saved_model.get(k, defaults[k]) for k in current}
+  diff = {k: (saved_model[k], v) for k, v in current.items()
+          if k not in ("scan_layers", "remat", "mhc_recompute", "implementation") and saved_model[k] != v}
   if diff:
     fields = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
     raise ValueError(f"{workdir} holds a checkpoint of a different model ({fields}); "

@@ -211,6 +211,26 @@ def test_different_model_in_workdir_is_refused(tmp_path, reference_run):
     trainer.train(bigger, tmp_path, progress=False)
 
 
+def test_checkpoint_from_before_a_new_model_field_still_resumes():
+  class Saved:  # a checkpoint whose config lacks a field added since, e.g. mhc_res_projection
+    def __init__(self, model):
+      self.model = model
+
+    def steps(self):
+      return [10]
+
+    def read_config(self, step):
+      return {"model": self.model}
+
+  saved = json.loads(FAST.to_json())["model"]
+  del saved["mhc_res_projection"]
+  trainer._check_same_model(Saved(saved), FAST, pathlib.Path("w"))  # the default: the same model
+  lite = FAST.replace(model=FAST.model.replace(num_streams=3, mhc_res_projection="permutations"))
+  saved["num_streams"] = 3
+  with pytest.raises(ValueError, match="model.mhc_res_projection: checkpoint 'sinkhorn' vs config 'permutations'"):
+    trainer._check_same_model(Saved(saved), lite, pathlib.Path("w"))
+
+
 def test_sequence_longer_than_the_data_fails_naming_seq_len(tmp_path):
   text = tmp_path / "small.txt"
   text.write_text("a tiny corpus. " * 20)
