@@ -85,3 +85,22 @@ def test_stability_summary_and_plots(runs, tmp_path):
   assert stability.plot_curves(rows, tmp_path / "curves.png").stat().st_size > 0
   with pytest.raises(SystemExit):
     stability.main(["--workdir", str(tmp_path), "--num_layers", "4"])
+
+
+def test_compare_summarizes_runs_over_seeds(runs, tmp_path):
+  compare = _script("compare")
+  from mhc_jax.analysis.runs import analyze_run
+  rows = {c: [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()] for c, w in runs.items()}
+  per_seed = {seed: compare.run_summary(rows[c], analyze_run(runs[c])) for seed, c in enumerate(runs)}
+  assert per_seed[1]["val_bpb"] == [r for r in rows["mhc"] if "val_bpb" in r][-1]["val_bpb"]
+  assert abs(per_seed[0]["max_composite_forward"] - 1) > 1e-3 and abs(per_seed[1]["max_composite_forward"] - 1) < 1e-5
+  result = compare.aggregate(per_seed)
+  for key in compare.METRICS:
+    values = [per_seed[0][key], per_seed[1][key]]
+    assert result[key]["mean"] == pytest.approx(np.mean(values))
+    assert result[key]["std"] == pytest.approx(np.std(values, ddof=1))
+  table = compare.results_table({"mixed": result})
+  assert f"{result['val_bpb']['mean']:.4f} ± {result['val_bpb']['std']:.4f}" in table
+  assert compare.plot_curves({"mixed": list(rows.values())}, tmp_path / "c.png").stat().st_size > 0
+  with pytest.raises(SystemExit):
+    compare.main(["--workdir", str(tmp_path), "--variants", "resnet"])
