@@ -79,7 +79,7 @@ def main(argv=None) -> int:
   parser.add_argument("--num_layers", type=int, default=12, help="blocks (2 sublayers each); >= 12")
   parser.add_argument("--d_model", type=int, default=64)
   parser.add_argument("--steps", type=int, default=400)
-  parser.add_argument("--learning_rate", type=float, default=1e-2)
+  parser.add_argument("--learning_rate", type=float, default=3e-2)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   if args.num_layers < 12:
