@@ -300,16 +300,20 @@ def _save_on_interrupt(finish_unread, ckpt, state, data_state, cfg) -> None:
 
 
 def load_for_inference(workdir: str | pathlib.Path):
-  """Returns ``(model, cfg)`` with the newest checkpoint's parameters."""
+  """Returns ``(model, cfg)`` with the newest checkpoint's parameters, on the first device.
+
+  The checkpoint is restored into the abstract state (shapes and shardings): nothing is initialized
+  first, which would compile the initializer (~5 s on a CPU for the tiny model) only to be overwritten.
+  """
   ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
   steps = ckpt.steps()
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
   cfg = TrainConfig.from_dict(ckpt.read_config(steps[-1]))
   ops.prepare(cfg.model.implementation)
-  tx = make_optimizer(cfg)
-  graphdef, state, shardings = init_state(cfg, tx)
-  restored = ckpt.restore_latest(parallel.with_shardings(jax.eval_shape(lambda: state), shardings))
+  mesh = parallel.make_mesh((1, 1, 1), jax.devices()[:1])  # init_state's default placement
+  graphdef, target, _ = abstract_state(cfg, make_optimizer(cfg), mesh)
+  restored = ckpt.restore_latest(target)
   ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
