@@ -3,12 +3,14 @@
 from mhc_jax.layers.connections import (
     BRANCH_OUTPUT,
     CONNECTIONS,
+    FIXABLE_MAPS,
     MHC_INITS,
     RES_PROJECTIONS,
     HCStatic,
     HyperConnection,
     ManifoldHyperConnection,
     Residual,
+    check_fixed_maps,
     make_connection,
 )
 from mhc_jax.layers.streams import StreamHead, expand_streams, reduce_streams
@@ -16,6 +18,7 @@ from mhc_jax.layers.streams import StreamHead, expand_streams, reduce_streams
 __all__ = [
     "BRANCH_OUTPUT",
     "CONNECTIONS",
+    "FIXABLE_MAPS",
     "MHC_INITS",
     "RES_PROJECTIONS",
     "HCStatic",
@@ -23,6 +26,7 @@ __all__ = [
     "ManifoldHyperConnection",
     "Residual",
     "StreamHead",
+    "check_fixed_maps",
     "expand_streams",
     "make_connection",
     "reduce_streams",

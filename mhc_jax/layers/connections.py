@@ -11,6 +11,8 @@ Parameters are fp32; the stream state keeps its own dtype (bf16 is fine). With
 ``x' = x + F(x)``. Set ``capture_maps=True`` (e.g. ``model.set_attributes(capture_maps=True)``)
 to keep the per-token ``h_pre``/``h_post``/``h_res`` of the last call as ``nnx.Intermediate``
 state on the module (read them with ``nnx.pop(module, nnx.Intermediate)``).
+``fixed_maps`` (a subset of ``("pre", "post", "res")``) replaces those maps by fixed ones for
+the ablation of docs/math.md §4: H_pre = 1/N (u = the mean of the streams), H_post = 1, H_res = I.
 
 Every parameter carries logical axis names as metadata (``logical_axes``; the names are listed
 in :mod:`mhc_jax.parallel.rules`), which the sharding rule sets map to mesh axes.
@@ -18,6 +20,7 @@ in :mod:`mhc_jax.parallel.rules`), which the sharding rule sets map to mesh axes
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -30,8 +33,32 @@ from mhc_jax.ops.lite import check_streams as check_lite_streams
 
 MHC_INITS = ("paper", "identity")
 RES_PROJECTIONS = ("sinkhorn", "permutations")
+FIXABLE_MAPS = ("pre", "post", "res")
+"""The maps that ``fixed_maps`` can fix (the ablation of docs/math.md §4)."""
 BRANCH_OUTPUT = "connection_branch"
 """``jax.checkpoint`` name of every HC/mHC sublayer output ``y = F(u)`` (save it by this name)."""
+
+
+def check_fixed_maps(fixed_maps, *, owner: str = "") -> tuple[str, ...]:
+  """``fixed_maps`` as a tuple: each entry one of :data:`FIXABLE_MAPS`, none twice; errors name the field."""
+  name = f"{owner}.fixed_maps" if owner else "fixed_maps"
+  if isinstance(fixed_maps, str) or not isinstance(fixed_maps, (tuple, list)):
+    raise ValueError(f"{name}={fixed_maps!r}: must be a tuple of names from {FIXABLE_MAPS}")
+  for m in fixed_maps:
+    if m not in FIXABLE_MAPS:
+      raise ValueError(f"{name}={tuple(fixed_maps)!r}: {m!r} is not a map; "
+                       f"each entry must be one of {FIXABLE_MAPS}")
+  if len(set(fixed_maps)) != len(fixed_maps):
+    raise ValueError(f"{name}={tuple(fixed_maps)!r}: names a map twice")
+  return tuple(fixed_maps)
+
+
+def fix_maps(ctx: ops.Context, fixed_maps: tuple[str, ...]) -> ops.Context:
+  """``ctx`` with the maps named in ``fixed_maps`` replaced: H_pre = 1/N, H_post = 1, H_res = I."""
+  n = ctx.h_pre.shape[-1]
+  fixed = {"pre": jnp.full_like(ctx.h_pre, 1.0 / n), "post": jnp.ones_like(ctx.h_post),
+           "res": jnp.broadcast_to(jnp.eye(n, dtype=ctx.h_res.dtype), ctx.h_res.shape)}
+  return dataclasses.replace(ctx, **{f"h_{m}": fixed[m] for m in fixed_maps})
 
 
 class HCStatic(nnx.Param):
@@ -49,10 +76,17 @@ class Residual(nnx.Module):
 
 
 class _StreamConnection(nnx.Module):
-  """Shared update for HC and mHC; subclasses provide ``pre(x) -> (u, ctx)`` (``ops.*_connection_pre``)."""
+  """Shared update for HC and mHC; subclasses provide ``pre(x) -> (u, ctx)`` (``ops.*_connection_pre``).
+
+  ``fixed_maps`` (the ablation, docs/math.md §4) replaces the maps it names after ``pre``:
+  H_pre = 1/N for every stream (then u is recomputed: the mean of the streams), H_post = 1,
+  H_res = I. The others are computed as usual. The parameters that feed only a fixed map
+  (e.g. HC's a_pre and the w_pre column of w; mHC's pre columns of phi, pre bias and
+  alpha_pre) still exist but get zero gradient. ``capture_maps`` records the maps used.
+  """
 
   def __init__(self, sublayer: Callable, num_streams: int, features: int,
-               implementation: str, capture_maps: bool):
+               implementation: str, capture_maps: bool, fixed_maps: tuple[str, ...] = ()):
     validation.check_int("num_streams", num_streams, 1)
     validation.check_int("features", features, 1)
     ops.check_implementation(implementation)
@@ -61,6 +95,7 @@ class _StreamConnection(nnx.Module):
     self.features = features
     self.implementation = implementation
     self.capture_maps = capture_maps
+    self.fixed_maps = check_fixed_maps(fixed_maps)
 
   def pre(self, x_XxNxC) -> tuple[jax.Array, ops.Context]:
     """``(u, ctx)``: the sublayer input ``u = H_pre x`` and the maps, for ``ops.connection_post``."""
@@ -74,6 +109,10 @@ class _StreamConnection(nnx.Module):
     if n == 1:
       return x_XxNxC + self.sublayer(x_XxNxC[..., 0, :], *args, **kwargs)[..., None, :].astype(x_XxNxC.dtype)
     u_XxC, ctx = self.pre(x_XxNxC)                  # u = H_pre x
+    if self.fixed_maps:                             # the ablation: some maps fixed
+      ctx = fix_maps(ctx, self.fixed_maps)
+      if "pre" in self.fixed_maps:
+        u_XxC = ops.mhc_pre(x_XxNxC, ctx.h_pre, implementation=self.implementation)
     # y = F(u), named so that a recomputing caller keeps it whatever F's last op is.
     y_XxC = checkpoint_name(self.sublayer(u_XxC, *args, **kwargs), BRANCH_OUTPUT)
     if self.capture_maps:
@@ -86,13 +125,15 @@ class HyperConnection(_StreamConnection):
 
   At init (w = 0, a_pre = e_{k mod N}, b_post = 1, a_res = I) it computes exactly what a
   Pre-Norm residual network computes; the one-hot read is what breaks stream symmetry.
+  ``fixed_maps`` fixes some of the maps for the mHC paper's ablation (see ``_StreamConnection``).
   """
 
   def __init__(self, sublayer: Callable, *, num_streams: int, features: int, layer_index=0,
                dynamic: bool = True, gate_init: float = 0.01, implementation: str = "auto",
-               capture_maps: bool = False, rngs: nnx.Rngs | None = None):
+               capture_maps: bool = False, fixed_maps: tuple[str, ...] = (),
+               rngs: nnx.Rngs | None = None):
     del rngs  # HC's init is deterministic; accepted for a uniform constructor.
-    super().__init__(sublayer, num_streams, features, implementation, capture_maps)
+    super().__init__(sublayer, num_streams, features, implementation, capture_maps, fixed_maps)
     self.dynamic = dynamic
     if num_streams == 1:
       return
@@ -126,14 +167,16 @@ class ManifoldHyperConnection(_StreamConnection):
     * ``"identity"``: as "paper", plus a diagonal res bias (H_res ~ I) and a one-hot pre bias
       reading stream ``layer_index mod N`` (``identity_logit`` sets how sharp both are; with
       ``"permutations"`` the res bias is ``identity_logit`` on the identity permutation).
+
+  ``fixed_maps`` fixes some of the maps, as for HC (see ``_StreamConnection``).
   """
 
   def __init__(self, sublayer: Callable, *, num_streams: int, features: int, layer_index=0,
                num_iters: int = 20, sinkhorn_grad: str = "exact", sinkhorn_eps: float = 1e-6,
                init: str = "paper", alpha_init: float = 0.01, identity_logit: float = 6.0,
                res_projection: str = "sinkhorn", implementation: str = "auto",
-               capture_maps: bool = False, rngs: nnx.Rngs):
-    super().__init__(sublayer, num_streams, features, implementation, capture_maps)
+               capture_maps: bool = False, fixed_maps: tuple[str, ...] = (), rngs: nnx.Rngs):
+    super().__init__(sublayer, num_streams, features, implementation, capture_maps, fixed_maps)
     validation.check_int("num_iters", num_iters, 1)
     validation.check_choice("sinkhorn_grad", sinkhorn_grad, ops.GRAD_MODES)
     validation.check_choice("init", init, MHC_INITS)

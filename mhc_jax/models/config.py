@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mhc_jax.layers import CONNECTIONS, MHC_INITS, RES_PROJECTIONS
+from mhc_jax.layers import CONNECTIONS, FIXABLE_MAPS, MHC_INITS, RES_PROJECTIONS, check_fixed_maps
 from mhc_jax.ops.lite import check_streams as check_lite_streams
 from mhc_jax.ops import GRAD_MODES, IMPLEMENTATIONS
 from mhc_jax.validation import check_choice, check_int, check_number
@@ -38,6 +38,10 @@ class ModelConfig:
   # docs/math.md §9: a softmax mixture of the num_streams! permutation matrices; num_streams <= 5).
   mhc_res_projection: str = "sinkhorn"
   hc_dynamic: bool = True
+  # The mHC paper's ablation of HC's maps (docs/math.md §4), for "hc" and "mhc": the maps named
+  # here ("pre", "post", "res") are fixed, H_pre = 1/num_streams (u = the mean of the streams),
+  # H_post = 1, H_res = I; the others are learned. E.g. ("pre", "post"): only H_res is learned.
+  fixed_maps: tuple[str, ...] = ()
   readout: str = "sum"  # how streams become one at the output: "sum" | "head"
   implementation: str = "auto"
   # Execution.
@@ -67,6 +71,13 @@ class ModelConfig:
     if (self.d_model // self.num_heads) % 2:
       raise ValueError(f"ModelConfig.num_heads={self.num_heads}: head width d_model/num_heads="
                        f"{self.d_model // self.num_heads} must be even for RoPE")
+    if not isinstance(self.fixed_maps, tuple):  # a list would make the config unhashable
+      raise ValueError(f"ModelConfig.fixed_maps={self.fixed_maps!r}: must be a tuple of names "
+                       f"from {FIXABLE_MAPS}")
+    check_fixed_maps(self.fixed_maps, owner=owner)
+    if self.fixed_maps and self.connection == "residual":
+      raise ValueError(f"ModelConfig.fixed_maps={self.fixed_maps!r}: the residual connection has no "
+                       "maps to fix; use connection='hc' or 'mhc'")
     if self.connection == "mhc" and self.mhc_res_projection == "permutations":
       check_lite_streams(self.num_streams, "ModelConfig.num_streams (mhc_res_projection='permutations')")
     self._check_recompute()

@@ -92,6 +92,8 @@ class Block(nnx.Module):
                     res_projection=cfg.mhc_res_projection, implementation=cfg.implementation)
     elif cfg.connection == "hc":
       kwargs = dict(dynamic=cfg.hc_dynamic, implementation=cfg.implementation)
+    if cfg.connection != "residual":
+      kwargs["fixed_maps"] = cfg.fixed_maps
     common = dict(num_streams=cfg.num_streams, features=cfg.d_model, rngs=rngs, **kwargs)
     self.attn = make_connection(cfg.connection, Attention(cfg, rngs), layer_index=2 * layer_index,
                                 **common)

@@ -101,7 +101,10 @@ class TrainConfig:
   def from_dict(cls, d: dict) -> "TrainConfig":
     """Inverse of ``to_dict`` (JSON turns tuples into lists)."""
     d = dict(d)
-    d["model"] = ModelConfig(**d.get("model", {}))
+    model = dict(d.get("model", {}))
+    if "fixed_maps" in model:
+      model["fixed_maps"] = tuple(model["fixed_maps"])
+    d["model"] = ModelConfig(**model)
     for name in ("decay_fractions", "decay_factors", "mesh"):
       if name in d:
         d[name] = tuple(d[name])
@@ -139,7 +142,8 @@ def _parse_value(text: str, hint, flag: str):
       return hint(text)
     if typing.get_origin(hint) is tuple:
       item = typing.get_args(hint)[0]
-      return tuple(item(s) for s in text.strip("()[] ").split(",") if s.strip())
+      # ("pre","post") as Python spells it: items may be quoted.
+      return tuple(item(s.strip().strip("'\"")) for s in text.strip("()[] ").split(",") if s.strip())
   except (KeyError, ValueError):
     what = hint.__name__ if isinstance(hint, type) else hint
     raise ValueError(f"{flag}={text!r}: cannot parse as {what}") from None
