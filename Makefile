@@ -17,7 +17,7 @@ STAMP  := $(VENV)/.installed
 # (the plugin makes every `import jax` look for CUDA): only the Triton tests' subprocesses see it.
 TRITON := $(VENV)/triton-tooling
 
-.PHONY: install kernels train test bench bench-step bench-kernels trio clean gpu-wheels gpu-check
+.PHONY: install kernels train test bench bench-step bench-kernels trio notebooks clean gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)" >&2; exit 1; }
@@ -38,6 +38,20 @@ trio: kernels  ## the matched residual / HC / mHC runs behind the README's resul
 	for c in residual hc mhc; do \
 	  $(BIN)/python experiments/train.py --config configs/small_$${c}_cpu.py --workdir runs/small_$${c}_cpu || exit 1; \
 	done
+
+# Jupyter, with jupytext: the notebooks are percent-format .py files (notebooks/*.py, the only form in
+# git). JupyterLab's app settings in the venv (overrides.json) make a double click open a .py as a
+# notebook; jupytext's contents manager saves it back to the .py and to a paired .ipynb (git-ignored).
+NOTEBOOKS_STAMP := $(VENV)/.notebooks-installed
+LAB_OVERRIDES   := $(VENV)/share/jupyter/lab/settings/overrides.json
+
+$(NOTEBOOKS_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,notebooks]'
+	$(BIN)/jupytext-config --settings-file $(LAB_OVERRIDES) set-default-viewer python
+	touch $@
+
+notebooks: kernels $(NOTEBOOKS_STAMP)  ## open notebooks/ in JupyterLab (02 and 03 read the runs of `make trio`)
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 $(TRITON)/.installed: $(STAMP)
 	$(BIN)/pip install --quiet --no-deps --upgrade --target $(TRITON) 'jax-triton>=0.4,<0.5' 'triton>=3.7,<4' \
