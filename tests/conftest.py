@@ -45,7 +45,7 @@ def pytest_unconfigure(config):
 LONGEST_FIRST = ("ops/test_kernels.py", "train/test_sharded_training.py", "models/test_transformer.py",
                  "ops/test_sharding.py", "ops/test_aot.py", "train/test_trainer.py", "test_gpu_check.py",
                  "ops/test_sinkhorn.py", "ops/test_mhc.py", "models/test_recompute.py",
-                 "parallel/test_pipeline.py")
+                 "parallel/test_pipeline.py", "test_notebooks.py")
 _TESTS = pathlib.Path(__file__).parent
 
 
